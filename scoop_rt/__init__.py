@@ -1,0 +1,21 @@
+"""scoop_rt: a futures runtime that spreads Python work over the cores of one
+machine or many, with SCOOP's API.
+
+    from scoop_rt import futures
+    results = list(futures.map(simulate, params))
+
+Run with ``python -m scoop_rt -n 8 script.py``. The attributes below describe
+this process's place in the run; the runtime fills them in when it starts.
+"""
+
+import logging
+
+__version__ = "0.1.0"
+
+IS_ORIGIN = True     # this process runs the script's __main__
+IS_RUNNING = False   # this process belongs to a launched run
+BROKER = None        # BrokerInfo(endpoint, host) of the run's broker
+DEBUG = False
+SIZE = 1             # how many workers the run has
+worker = "origin@local"  # this process's name in the run, unique per process
+logger = logging.getLogger("scoop_rt")

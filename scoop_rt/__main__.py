@@ -1,0 +1,7 @@
+"""``python -m scoop_rt``: the launcher."""
+
+import sys
+
+from .launcher.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+from .broker import main
+
+main()

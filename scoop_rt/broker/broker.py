@@ -1,0 +1,335 @@
+"""The broker: the one stateful hub of a run.
+
+Started by the launcher as ``python -m scoop_rt.broker`` with the bootstrap
+on stdin; it binds its ROUTER socket, prints its endpoint as one JSON line on
+stdout, and serves until the origin says goodbye, the origin or the launcher
+disappears, or it is terminated. Its loop reads as its steps:
+
+    receive   handle every message that has arrived (handlers ``on_*``)
+    dispatch  hand queued tasks to workers with free slots
+    watch     declare silent peers gone; notice a vanished launcher
+
+Payloads are opaque frames here: the broker never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import zmq
+
+from .. import protocol, transport
+from ..config import Config
+from ..protocol import Flags, Msg, ProtocolError, Role, Status, TaskState
+from .scheduling import WorkerSlots, pick_workers
+
+log = logging.getLogger("scoop_rt")
+
+_BATCH = 2000  # messages read before the next dispatch
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave the loop."""
+
+
+@dataclass
+class Task:
+    submitter: bytes
+    tid: int          # the submitter's own id for it
+    flags: int
+    payload: list
+    worker: bytes | None = None
+    attempts: int = 0
+
+
+@dataclass
+class Peer:
+    identity: bytes
+    role: str
+    name: str
+    host: str
+    pid: int
+    last_seen: float = field(default_factory=time.monotonic)
+    heartbeat: bytes | None = None
+
+    def describe(self) -> str:
+        return f"{self.role} {self.name} (host {self.host}, pid {self.pid})"
+
+
+class Broker:
+    def __init__(self, boot: dict):
+        self.config = Config.from_dict(boot["config"])
+        self.version: str = boot["version"]
+        self.python: str = "%d.%d" % sys.version_info[:2]
+        self.size: int = boot["size"]
+        self.parent_pid: int = boot.get("parent_pid") or os.getppid()
+        self.ctx = zmq.Context()
+        keys = boot.get("keys") if self.config.secure else None
+        port_range = tuple(boot["port_range"]) if boot.get("port_range") else None
+        self.listener = transport.bind_router(
+            self.ctx, boot.get("bind", "127.0.0.1"), keys, port_range)
+        self.sock = self.listener.sock
+        self.endpoint = self.listener.endpoint
+        self.peers: dict[bytes, Peer] = {}
+        self.workers: dict[bytes, WorkerSlots] = {}
+        self.tasks: dict[int, Task] = {}
+        self.by_client: dict[tuple[bytes, int], int] = {}
+        self.queue: deque[int] = deque()
+        self.consts: dict[str, list] = {}
+        self.had_workers = False
+        self.stop_reason: str | None = None
+        self._btids = itertools.count(1)
+        self._next_watch = 0.0
+        self.handlers = {
+            Msg.HELLO: self.on_hello,
+            Msg.SUBMIT: self.on_submit,
+            Msg.RESULT: self.on_result,
+            Msg.WAITING: self.on_waiting,
+            Msg.RESUMED: self.on_resumed,
+            Msg.PROBE: self.on_probe,
+            Msg.SETCONST: self.on_setconst,
+            Msg.BYE: self.on_bye,
+        }
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while self.stop_reason is None:
+                self.receive(self.config.heartbeat_interval / 2)
+                self.dispatch()
+                self.watch()
+        except _Stop as stop:
+            self.stop_reason = str(stop)
+        self.shutdown(self.stop_reason or "stopped")
+
+    def receive(self, timeout: float) -> None:
+        if not self.sock.poll(timeout * 1000):
+            return
+        for _ in range(_BATCH):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.handle(frames)
+
+    def handle(self, frames: list) -> None:
+        identity = frames[0].bytes
+        try:
+            msg = protocol.decode(frames[1:])
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message: %s", exc)
+            return
+        if msg.type == Msg.PING:
+            self.on_ping(identity)
+            return
+        peer = self.peers.get(identity)
+        if peer is None and msg.type != Msg.HELLO:
+            log.debug("dropped %s from an unknown peer", msg.type.name)
+            return
+        if peer is not None:
+            peer.last_seen = time.monotonic()
+        handler = self.handlers.get(msg.type)
+        if handler is None:
+            log.warning("dropped %s: clients do not send it", msg.type.name)
+            return
+        handler(identity, msg.fields, msg.payload)
+
+    def send(self, identity: bytes, msg_type: Msg, *fields, payload=()) -> None:
+        frames = protocol.encode(msg_type, *fields, payload=payload)
+        self.sock.send_multipart([identity, *frames], copy=False)
+
+    # -- handlers -------------------------------------------------------------
+
+    def on_hello(self, identity: bytes, f, payload) -> None:
+        if f.version != self.version or f.python != self.python:
+            self.send(identity, Msg.REFUSED,
+                      f"{f.role} {f.name} on {f.host} runs scoop_rt {f.version} "
+                      f"on Python {f.python}, but this run uses scoop_rt "
+                      f"{self.version} on Python {self.python}: install the "
+                      "same versions on every host")
+            return
+        peer = Peer(identity, f.role, f.name, f.host, f.pid)
+        self.peers[identity] = peer
+        if f.role == Role.WORKER.value:
+            self.workers[identity] = WorkerSlots()
+            self.had_workers = True
+            for name, value in self.consts.items():
+                self.send(identity, Msg.CONST, name, payload=value)
+        self.send(identity, Msg.WELCOME, self.size)
+        log.debug("%s joined", peer.describe())
+
+    def on_submit(self, identity: bytes, f, payload) -> None:
+        btid = next(self._btids)
+        self.tasks[btid] = Task(identity, f.tid, f.flags, payload)
+        self.by_client[identity, f.tid] = btid
+        if self.had_workers and not self.workers:
+            self.fail(btid, "no workers are left in this run")
+        else:
+            self.queue.append(btid)
+
+    def on_result(self, identity: bytes, f, payload) -> None:
+        slots = self.workers.get(identity)
+        if slots is not None:
+            slots.running.discard(f.tid)
+        task = self.tasks.pop(f.tid, None)
+        if task is None:
+            return  # cancelled, or already answered by another attempt
+        self.by_client.pop((task.submitter, task.tid), None)
+        if task.submitter in self.peers:
+            self.send(task.submitter, Msg.RESULT, task.tid, f.status,
+                      payload=payload)
+
+    def on_waiting(self, identity: bytes, f, payload) -> None:
+        slots = self.workers.get(identity)
+        if slots is not None:
+            slots.offered += 1
+
+    def on_resumed(self, identity: bytes, f, payload) -> None:
+        slots = self.workers.get(identity)
+        if slots is not None and slots.offered > 1:
+            slots.offered -= 1
+
+    def on_probe(self, identity: bytes, f, payload) -> None:
+        btid = self.by_client.get((identity, f.tid))
+        task = self.tasks.get(btid) if btid is not None else None
+        if task is None:
+            state = TaskState.UNKNOWN
+        elif task.worker is not None:
+            state = TaskState.RUNNING
+        elif f.cancel:
+            del self.tasks[btid]  # its queue entry is skipped at dispatch
+            del self.by_client[identity, f.tid]
+            state = TaskState.CANCELLED
+        else:
+            state = TaskState.PENDING
+        self.send(identity, Msg.STATE, f.tid, int(state))
+
+    def on_setconst(self, identity: bytes, f, payload) -> None:
+        if f.name in self.consts:
+            log.warning("shared constant %r was set twice; kept the first", f.name)
+            return
+        self.consts[f.name] = payload
+        for other in self.peers:
+            if other != identity:
+                self.send(other, Msg.CONST, f.name, payload=payload)
+
+    def on_ping(self, identity: bytes) -> None:
+        owner = protocol.heartbeat_owner(identity)
+        peer = self.peers.get(owner) if owner is not None else None
+        if peer is not None:
+            peer.last_seen = time.monotonic()
+            peer.heartbeat = identity
+        self.send(identity, Msg.PONG)
+
+    def on_bye(self, identity: bytes, f, payload) -> None:
+        self.stop_reason = f"the script ended with code {f.code}"
+
+    # -- steps ----------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        if not self.queue or not self.workers:
+            return
+        for wid in pick_workers(len(self.queue), self.workers):
+            btid = self._next_queued()
+            if btid is None:
+                return
+            task = self.tasks[btid]
+            task.worker = wid
+            self.workers[wid].running.add(btid)
+            self.send(wid, Msg.TASK, btid, task.flags, payload=task.payload)
+
+    def _next_queued(self) -> int | None:
+        while self.queue:
+            btid = self.queue.popleft()
+            if btid in self.tasks:
+                return btid
+        return None
+
+    def watch(self) -> None:
+        now = time.monotonic()
+        if now < self._next_watch:
+            return
+        self._next_watch = now + self.config.heartbeat_interval
+        limit = self.config.heartbeat_interval * self.config.heartbeat_misses
+        for peer in [p for p in self.peers.values() if now - p.last_seen > limit]:
+            self.lost(peer, f"silent for {now - peer.last_seen:.1f} s")
+        if os.getppid() != self.parent_pid:
+            self.stop_reason = "the launcher is gone"
+
+    def lost(self, peer: Peer, reason: str) -> None:
+        """A peer is gone: re-run what its worker held, drop what it asked for."""
+        del self.peers[peer.identity]
+        if peer.role == Role.ORIGIN.value:
+            self.stop_reason = f"the origin is gone ({reason})"
+            return
+        slots = self.workers.pop(peer.identity, None)
+        held = sorted(slots.running) if slots else []
+        for btid in held:
+            self.retry(btid, peer)
+        for key in [k for k in self.by_client if k[0] == peer.identity]:
+            self.tasks.pop(self.by_client.pop(key), None)
+        log.warning("%s lost: %s; %d task(s) it held go elsewhere",
+                    peer.describe(), reason, len(held))
+        if self.had_workers and not self.workers:
+            for btid in list(self.tasks):
+                self.fail(btid, "no workers are left in this run")
+
+    def retry(self, btid: int, peer: Peer) -> None:
+        task = self.tasks.get(btid)
+        if task is None:
+            return
+        task.attempts += 1
+        task.worker = None
+        if task.flags & Flags.NO_RETRY:
+            self.fail(btid, f"its worker {peer.name} on {peer.host} died, and "
+                            "the task was submitted not to run twice")
+        elif task.attempts >= self.config.max_attempts:
+            self.fail(btid, f"it was tried {task.attempts} times and each time "
+                            f"its worker died, last {peer.name} on {peer.host}")
+        else:
+            self.queue.appendleft(btid)
+
+    def fail(self, btid: int, why: str) -> None:
+        task = self.tasks.pop(btid)
+        self.by_client.pop((task.submitter, task.tid), None)
+        if task.submitter in self.peers:
+            self.send(task.submitter, Msg.RESULT, task.tid, int(Status.LOST),
+                      payload=[why.encode()])
+
+    def shutdown(self, reason: str) -> None:
+        log.info("stopping: %s", reason)
+        for peer in self.peers.values():
+            self.send(peer.identity, Msg.SHUTDOWN, reason)
+            if peer.heartbeat:
+                self.send(peer.heartbeat, Msg.SHUTDOWN, reason)
+        self.listener.close(linger_ms=500)
+        self.ctx.term()
+
+
+def _on_signal(signum, frame) -> None:
+    raise _Stop(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
+    boot = json.loads(sys.stdin.read())
+    sys.stdin = open(os.devnull)
+    from ..bootstrap import setup_logging
+    setup_logging(Config.from_dict(boot["config"]), "broker")
+    broker = Broker(boot)
+    signal.signal(signal.SIGTERM, _on_signal)
+    print(json.dumps({"endpoint": broker.endpoint}), flush=True)
+    broker.run()
+
+
+if __name__ == "__main__":
+    main()

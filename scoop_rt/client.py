@@ -1,0 +1,437 @@
+"""What the origin and the workers share: a connection to the broker that
+submits tasks, resolves their futures, and keeps the shared constants.
+
+One thread at a time drives the connection (``drive``): it reads every
+message that has arrived and handles it. Whoever waits on a future drives, so
+the origin needs no I/O thread and a worker serves new tasks while one of its
+tasks waits on its own children (nested futures). Other threads that wait at
+the same moment sleep on a condition until the driving thread has read more.
+
+A small heartbeat thread with a socket of its own tells the broker that this
+process lives, and ends the process when the broker stops answering, so no
+process outlives its run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import zmq
+
+from . import protocol, serialization, transport
+from .config import Config
+from .errors import NoWorkersError, WorkerLostError
+from .protocol import Flags, Msg, ProtocolError, Role, Status, TaskState
+
+log = logging.getLogger("scoop_rt")
+
+_POLL_SLICE = 0.5  # longest single wait on the socket, so flags are seen
+
+
+def exit_now(code: int) -> None:
+    """Leave the process at once, after writing out what it printed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+class Future(cf.Future):
+    """A PEP 3148 future whose waits drive the connection to the broker."""
+
+    def __init__(self, client: "Client", tid: int, label: str,
+                 chunk: bool = False):
+        super().__init__()
+        self._client = client
+        self._tid = tid
+        self._label = label
+        self._chunk = chunk
+
+    def __repr__(self) -> str:
+        return f"<Future {self._label} #{self._tid} {self._state.lower()}>"
+
+    def _settled(self) -> bool:
+        return self._state in (cf._base.FINISHED, cf._base.CANCELLED,
+                               cf._base.CANCELLED_AND_NOTIFIED)
+
+    def done(self) -> bool:
+        if not self._settled():
+            self._client.poll()
+        return self._settled()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._client.block_until(self._settled, timeout)
+        return super().result(timeout=0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._client.block_until(self._settled, timeout)
+        return super().exception(timeout=0)
+
+    def running(self) -> bool:
+        if self._state == cf._base.PENDING:
+            self._update(self._client.probe(self._tid, cancel=False))
+        return super().running()
+
+    def cancel(self) -> bool:
+        if self._state == cf._base.PENDING:
+            self._update(self._client.probe(self._tid, cancel=True))
+        return self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
+
+    def _update(self, state: TaskState) -> None:
+        with self._condition:
+            if self._state != cf._base.PENDING:
+                return
+        if state == TaskState.CANCELLED:
+            self._client.forget(self._tid)
+            super().cancel()
+            # No executor will look at it: tell waiters now.
+            self.set_running_or_notify_cancel()
+        elif state == TaskState.RUNNING:
+            self.set_running_or_notify_cancel()
+
+
+class Heartbeat(threading.Thread):
+    """Pings the broker from its own socket; ends the process when the broker
+    is gone or says the run is over and the main thread is slow to leave."""
+
+    def __init__(self, client: "Client"):
+        super().__init__(name="scoop_rt-heartbeat", daemon=True)
+        self.client = client
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        c = self.client
+        interval = c.config.heartbeat_interval
+        sock = transport.connect_heartbeat(c.ctx, c.endpoint, c.keys, c.identity)
+        ping = protocol.encode(Msg.PING)
+        last_heard = time.monotonic()
+        try:
+            while not self.stopped.is_set():
+                sock.send_multipart(ping)
+                deadline = time.monotonic() + interval
+                while (wait := deadline - time.monotonic()) > 0:
+                    if not sock.poll(wait * 1000):
+                        break
+                    frames = sock.recv_multipart()
+                    try:
+                        msg = protocol.decode(frames)
+                    except ProtocolError as exc:
+                        log.warning("dropped a malformed message: %s", exc)
+                        continue
+                    last_heard = time.monotonic()
+                    if msg.type == Msg.SHUTDOWN:
+                        self.stopped.wait(c.config.shutdown_grace / 2)
+                        if not self.stopped.is_set():
+                            c.on_run_over(msg.fields.reason)
+                silent = time.monotonic() - last_heard
+                if silent > interval * c.config.heartbeat_misses:
+                    c.on_run_over(
+                        f"the broker has not answered for {silent:.0f} s")
+        finally:
+            sock.close(linger=0)
+
+
+class Client:
+    """One process's connection to the run: a socket, its futures, constants."""
+
+    role: Role = Role.WORKER
+
+    def __init__(self, boot: dict):
+        self.config = Config.from_dict(boot["config"])
+        self.endpoint: str = boot["endpoint"]
+        self.keys: dict | None = boot.get("keys") or None
+        self.name: str = boot["name"]
+        self.size: int = boot["size"]
+        self.host = socket.gethostname()
+        self.identity = f"{self.name}:{os.getpid()}:{os.urandom(4).hex()}".encode()
+        self.ctx = zmq.Context()
+        self.sock = transport.connect_dealer(self.ctx, self.endpoint, self.keys,
+                                             self.identity)
+        self._send_lock = threading.Lock()
+        self._drive_lock = threading.RLock()
+        self._read_more = threading.Condition()
+        self._tids = itertools.count(1)
+        self._futures: dict[int, Future] = {}
+        self._states: dict[int, int] = {}
+        self._const_frames: dict[str, list] = {}
+        self.constants: dict[str, Any] = {}
+        self.closed = False
+        self._handlers: dict[Msg, Callable] = {
+            Msg.RESULT: self.on_result,
+            Msg.CONST: self.on_const,
+            Msg.STATE: self.on_state,
+            Msg.WELCOME: self.on_welcome,
+            Msg.REFUSED: self.on_refused,
+            Msg.SHUTDOWN: self.on_shutdown,
+        }
+        self.heartbeat = Heartbeat(self)
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Introduce this process to the broker and start the heartbeat."""
+        self.send(Msg.HELLO, self.role.value, self.name, self.host, os.getpid(),
+                  _version(), "%d.%d" % sys.version_info[:2])
+        self.heartbeat.start()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.heartbeat.stopped.set()
+        self.heartbeat.join(timeout=self.config.heartbeat_interval + 1)
+        self.sock.close(linger=1000)
+        self.ctx.term()
+
+    def on_run_over(self, reason: str) -> None:
+        """The run is gone or over while this process still runs: leave."""
+        log.error("%s: the run is over (%s); leaving", self.name, reason)
+        exit_now(1)
+
+    # -- sending ------------------------------------------------------------
+
+    def send(self, msg_type: Msg, *fields: Any, payload: Sequence = ()) -> None:
+        frames = protocol.encode(msg_type, *fields, payload=payload)
+        with self._send_lock:
+            self.sock.send_multipart(frames, copy=False)
+
+    def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
+                    flags: Flags = Flags.NONE) -> Future:
+        frames = serialization.dump_call(fn, args, kwargs)
+        return self._submit(frames, serialization.describe(fn), False, flags)
+
+    def submit_chunk(self, fn: Callable, calls: Sequence[tuple]) -> Future:
+        """A future whose result is ``(values, error)`` for ``fn`` over
+        ``calls``: the values up to the first error, and that error or None."""
+        frames = serialization.dump_chunk(fn, calls)
+        return self._submit(frames, serialization.describe(fn), True, Flags.NONE)
+
+    def _submit(self, frames: list, label: str, chunk: bool,
+                flags: Flags) -> Future:
+        tid = next(self._tids)
+        future = Future(self, tid, label, chunk)
+        self._futures[tid] = future
+        self.send(Msg.SUBMIT, tid, int(flags), payload=frames)
+        return future
+
+    def forget(self, tid: int) -> None:
+        self._futures.pop(tid, None)
+
+    def probe(self, tid: int, cancel: bool) -> TaskState:
+        """Ask the broker where task ``tid`` stands (and cancel it if queued)."""
+        self._states.pop(tid, None)
+        self.send(Msg.PROBE, tid, int(cancel))
+        self.block_until(lambda: tid in self._states, None)
+        return TaskState(self._states.pop(tid))
+
+    def set_const(self, name: str, value: Any) -> None:
+        self.constants[name] = value
+        self.send(Msg.SETCONST, name, payload=serialization.dumps(value))
+
+    def has_const(self, name: str) -> bool:
+        self.poll()
+        return name in self.constants or name in self._const_frames
+
+    def pending(self) -> bool:
+        """Whether any future submitted from this process is unfinished."""
+        return bool(self._futures)
+
+    def get_const(self, name: str, timeout: float | None) -> Any:
+        self.block_until(lambda: name in self.constants
+                         or name in self._const_frames, timeout)
+        if name not in self.constants and name in self._const_frames:
+            self.constants[name] = serialization.loads(self._const_frames.pop(name))
+        return self.constants.get(name)
+
+    # -- driving --------------------------------------------------------------
+
+    def block_until(self, condition: Callable[[], bool],
+                    timeout: float | None) -> bool:
+        """Read and handle messages until ``condition()`` or the timeout.
+
+        Returns whether the condition holds. Never raises TimeoutError itself:
+        the caller decides what a timeout means.
+        """
+        if condition():
+            return True
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+        self.blocking(True)
+        try:
+            while not condition():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                slice_ = _POLL_SLICE if left is None else min(left, _POLL_SLICE)
+                if self._drive_lock.acquire(blocking=False):
+                    try:
+                        self._read(slice_)
+                    finally:
+                        self._drive_lock.release()
+                    with self._read_more:
+                        self._read_more.notify_all()
+                else:
+                    with self._read_more:
+                        self._read_more.wait(slice_)
+            return True
+        finally:
+            self.blocking(False)
+
+    def blocking(self, starts: bool) -> None:
+        """Called when a wait begins and ends; the worker tells the broker."""
+
+    def poll(self) -> None:
+        """Handle whatever has arrived, without waiting."""
+        if self._drive_lock.acquire(blocking=False):
+            try:
+                self._read(0)
+            finally:
+                self._drive_lock.release()
+
+    def _read(self, timeout: float) -> None:
+        if not self.sock.poll(timeout * 1000):
+            return
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = protocol.decode(frames)
+                handler = self._handlers.get(msg.type)
+                if handler is None:
+                    raise ProtocolError(f"{self.role.value} got {msg.type.name}")
+            except ProtocolError as exc:
+                log.warning("%s dropped a message: %s", self.name, exc)
+                continue
+            handler(msg)
+
+    # -- handlers -------------------------------------------------------------
+
+    def on_result(self, msg: protocol.Message) -> None:
+        future = self._futures.pop(msg.fields.tid, None)
+        if future is None or future.done():
+            return  # cancelled here, or a stale copy of a re-run task
+        status = msg.fields.status
+        try:
+            if status == Status.OK:
+                value = serialization.loads(msg.payload)
+                future.set_result((value, None) if future._chunk else value)
+                return
+            if status == Status.ERROR:
+                exc, partial = serialization.load_error(msg.payload)
+            elif status == Status.LOST:
+                exc, partial = _lost_error(msg.payload), []
+            else:
+                raise ProtocolError(f"unknown task status {status}")
+        except Exception as err:  # an outcome that cannot be read is the task's error
+            exc, partial = err, []
+        if future._chunk:
+            future.set_result((partial or [], exc))
+        else:
+            future.set_exception(exc)
+
+    def on_const(self, msg: protocol.Message) -> None:
+        if msg.fields.name not in self.constants:
+            self._const_frames[msg.fields.name] = msg.payload
+
+    def on_state(self, msg: protocol.Message) -> None:
+        self._states[msg.fields.tid] = msg.fields.state
+
+    def on_welcome(self, msg: protocol.Message) -> None:
+        self.size = msg.fields.size
+
+    def on_refused(self, msg: protocol.Message) -> None:
+        log.error("%s", msg.fields.reason)
+        exit_now(2)
+
+    def on_shutdown(self, msg: protocol.Message) -> None:
+        exit_now(0)
+
+
+def _lost_error(payload: list) -> Exception:
+    text = b"".join(f if isinstance(f, bytes) else f.bytes for f in payload)
+    text = text.decode("utf-8", "replace")
+    if text.startswith("no workers"):
+        return NoWorkersError(text)
+    return WorkerLostError(text)
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def wait(client: Client | None, fs: Iterable[cf.Future], timeout: float | None,
+         return_when: str) -> tuple[set, set]:
+    """``concurrent.futures.wait``, driving ``client`` while it blocks."""
+    fs = set(fs)
+    with cf._base._AcquireFutures(fs):
+        done = {f for f in fs if f._state in (cf._base.CANCELLED_AND_NOTIFIED,
+                                               cf._base.FINISHED)}
+        not_done = fs - done
+        if return_when == cf.FIRST_COMPLETED and done:
+            return done, not_done
+        if return_when == cf.FIRST_EXCEPTION and any(
+                not f.cancelled() and f.exception(0) is not None for f in done):
+            return done, not_done
+        if len(done) == len(fs):
+            return done, not_done
+        waiter = cf._base._create_and_install_waiters(fs, return_when)
+    try:
+        if client is not None:
+            client.block_until(waiter.event.is_set, timeout)
+        else:
+            waiter.event.wait(timeout)
+    finally:
+        for f in fs:
+            with f._condition:
+                f._waiters.remove(waiter)
+    done.update(waiter.finished_futures)
+    return done, fs - done
+
+
+def as_completed(client: Client | None, fs: Iterable[cf.Future],
+                 timeout: float | None):
+    """``concurrent.futures.as_completed``, driving ``client`` while it blocks."""
+    end = None if timeout is None else time.monotonic() + timeout
+    fs = set(fs)
+    total = len(fs)
+    with cf._base._AcquireFutures(fs):
+        finished = {f for f in fs if f._state in (
+            cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED)}
+        pending = fs - finished
+        waiter = cf._base._create_and_install_waiters(fs, cf._base._AS_COMPLETED)
+    finished = list(finished)
+    try:
+        yield from finished
+        while pending:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left < 0:
+                raise cf.TimeoutError(
+                    f"{len(pending)} (of {total}) futures unfinished")
+            if client is not None:
+                client.block_until(waiter.event.is_set, left)
+            else:
+                waiter.event.wait(left)
+            with waiter.lock:
+                finished = waiter.finished_futures
+                waiter.finished_futures = []
+                waiter.event.clear()
+            for f in finished:
+                if f in pending:
+                    yield f
+                    pending.remove(f)
+    finally:
+        for f in fs:
+            with f._condition:
+                f._waiters.remove(waiter)

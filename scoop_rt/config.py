@@ -1,0 +1,78 @@
+"""Run settings: one dataclass, and the one place that reads the environment.
+
+The launcher builds a ``Config`` from its command line and the ``SCOOP_RT_*``
+environment variables, then hands it to every process of the run inside the
+bootstrap message, so all of them agree on the same values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+ENV_PREFIX = "SCOOP_RT_"
+
+
+@dataclass
+class Config:
+    """Every tunable of a run. Times are in seconds."""
+
+    # Heartbeats between the broker and each client: a peer is declared gone
+    # after ``heartbeat_misses`` intervals without a word from it.
+    heartbeat_interval: float = 1.0
+    heartbeat_misses: int = 5
+    # Sockets are authenticated and encrypted with CURVE keys made per run.
+    secure: bool = True
+    # How long the launcher waits for the processes of a run to leave on
+    # their own before it terminates, then kills them.
+    shutdown_grace: float = 1.5
+    # How many attempts a task gets when the workers running it die.
+    max_attempts: int = 3
+    # Tasks in flight per worker for a lazy ``map`` (the input is read ahead
+    # by this many chunks per worker, no more).
+    map_window_per_worker: int = 4
+    # Logging: -1 errors only, 0 warnings too, 1 info, 2 debug.
+    verbosity: int = 0
+    debug: bool = False
+    # Extra details for the runtime's own log lines.
+    log_prefix: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_CONVERTERS = {bool: lambda s: s.strip().lower() in ("1", "true", "yes", "on"),
+               int: int, float: float, str: str}
+
+
+def from_environment(environ: "os._Environ | dict | None" = None) -> Config:
+    """A ``Config`` whose defaults are overridden by ``SCOOP_RT_<FIELD>``.
+
+    A value that does not parse is an error naming the variable.
+    """
+    environ = os.environ if environ is None else environ
+    config = Config()
+    for f in dataclasses.fields(Config):
+        name = ENV_PREFIX + f.name.upper()
+        if name not in environ:
+            continue
+        kind = type(getattr(config, f.name))
+        try:
+            setattr(config, f.name, _CONVERTERS[kind](environ[name]))
+        except ValueError:
+            raise ValueError(
+                f"environment variable {name}={environ[name]!r} is not a "
+                f"valid {kind.__name__}") from None
+    return config
+
+
+# Variables the launcher sets for the processes it starts. They name things,
+# never secrets: keys travel over a pipe (see launcher.spawn).
+ENV_ROLE = ENV_PREFIX + "ROLE"
+ENV_BOOT_FD = ENV_PREFIX + "BOOT_FD"

@@ -1,0 +1,182 @@
+"""The futures API: SCOOP's names with PEP 3148 semantics.
+
+These functions are thin: they pick this process's runtime (a launched
+run's connection, or the sequential stand-in) and delegate to it. ``map``
+sends its input in chunks, a bounded number of them in flight, so a long or
+endless iterable is read lazily and results come back in order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import itertools
+import math
+import operator
+import time
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator
+
+from . import client as _client
+from . import runtime as _runtime
+from .client import Future
+from .config import Config
+from .errors import NoWorkersError, RemoteError, RemoteTraceback, WorkerLostError
+
+__all__ = [
+    "submit", "map", "map_as_completed", "as_completed", "wait", "shutdown",
+    "mapReduce", "map_reduce", "mapScan", "map_scan", "Future",
+    "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
+    "TimeoutError", "CancelledError", "RemoteError", "RemoteTraceback",
+    "WorkerLostError", "NoWorkersError",
+]
+
+FIRST_COMPLETED = cf.FIRST_COMPLETED
+FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+ALL_COMPLETED = cf.ALL_COMPLETED
+TimeoutError = cf.TimeoutError
+CancelledError = cf.CancelledError
+
+_shut_down = False
+_DEFAULTS = Config()
+
+
+def submit(fn: Callable, *args: Any, **kwargs: Any) -> cf.Future:
+    """Schedule ``fn(*args, **kwargs)`` on a worker; its Future."""
+    if _shut_down:
+        raise RuntimeError("cannot submit new futures after shutdown()")
+    return _runtime.get().submit_call(fn, args, kwargs)
+
+
+def _chunksize(rt: Any, iterables: tuple) -> int:
+    """Calls per task for a map: a few chunks per worker when the input's
+    length is known, so workers share the load; one call otherwise."""
+    lengths = [operator.length_hint(it, -1) for it in iterables]
+    if not lengths or min(lengths) < 0:
+        return 1
+    return max(1, math.ceil(min(lengths) / (rt.size * 4)))
+
+
+def _window(rt: Any) -> int:
+    per_worker = getattr(getattr(rt, "config", None), "map_window_per_worker",
+                         _DEFAULTS.map_window_per_worker)
+    return max(2, rt.size * per_worker)
+
+
+class _Feeder:
+    """Reads a map's input lazily and keeps a bounded number of chunks in flight."""
+
+    def __init__(self, fn: Callable, iterables: tuple, chunksize: int | None):
+        if _shut_down:
+            raise RuntimeError("cannot submit new futures after shutdown()")
+        self.rt = _runtime.get()
+        self.fn = fn
+        size = chunksize or _chunksize(self.rt, iterables)
+        calls = zip(*iterables)
+        self.chunks = iter(lambda: list(itertools.islice(calls, size)), [])
+        self.window = _window(self.rt)
+
+    def fill(self, inflight: Any, add: Callable) -> None:
+        """Submit chunks until ``inflight`` holds a window's worth."""
+        for chunk in itertools.islice(self.chunks, self.window - len(inflight)):
+            add(self.rt.submit_chunk(self.fn, chunk))
+
+
+def _left(end: float | None) -> float | None:
+    return None if end is None else max(0.0, end - time.monotonic())
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def map(fn: Callable, *iterables: Iterable, timeout: float | None = None,
+        chunksize: int | None = None) -> Iterator:
+    """``fn`` over the items of ``iterables`` on the workers; an iterator of
+    the results in input order. Work starts now; an exception is raised at
+    its item; ``timeout`` counts from this call."""
+    feeder = _Feeder(fn, iterables, chunksize)
+    end = _deadline(timeout)
+    inflight: deque = deque()
+    feeder.fill(inflight, inflight.append)
+    return _ordered(feeder, inflight, end)
+
+
+def _ordered(feeder: _Feeder, inflight: deque, end: float | None) -> Iterator:
+    try:
+        while inflight:
+            values, error = inflight[0].result(_left(end))
+            inflight.popleft()
+            feeder.fill(inflight, inflight.append)
+            yield from values
+            if error is not None:
+                raise error
+    finally:
+        for future in inflight:
+            future.cancel()
+
+
+def map_as_completed(fn: Callable, *iterables: Iterable,
+                     timeout: float | None = None,
+                     chunksize: int | None = None) -> Iterator:
+    """Like ``map``, but yields each result as soon as it is ready."""
+    feeder = _Feeder(fn, iterables, chunksize)
+    end = _deadline(timeout)
+    inflight: set = set()
+    feeder.fill(inflight, inflight.add)
+    return _unordered(feeder, inflight, end)
+
+
+def _unordered(feeder: _Feeder, inflight: set, end: float | None) -> Iterator:
+    try:
+        while inflight:
+            done, _ = wait(inflight, _left(end), FIRST_COMPLETED)
+            if not done:
+                raise TimeoutError(f"{len(inflight)} map chunks unfinished")
+            for future in done:
+                inflight.discard(future)
+                values, error = future.result()
+                feeder.fill(inflight, inflight.add)
+                yield from values
+                if error is not None:
+                    raise error
+    finally:
+        for future in inflight:
+            future.cancel()
+
+
+def wait(fs: Iterable[cf.Future], timeout: float | None = None,
+         return_when: str = ALL_COMPLETED) -> tuple[set, set]:
+    """Wait for the futures ``fs``; ``(done, not_done)`` as in PEP 3148."""
+    return _client.wait(_runtime.client(), fs, timeout, return_when)
+
+
+def as_completed(fs: Iterable[cf.Future], timeout: float | None = None) -> Iterator:
+    """Yield the futures ``fs`` as they complete; TimeoutError after ``timeout``."""
+    return _client.as_completed(_runtime.client(), fs, timeout)
+
+
+def shutdown(wait: bool = True) -> None:
+    """Refuse new submissions; with ``wait``, return once every future this
+    process submitted is done."""
+    global _shut_down
+    _shut_down = True
+    rt = _runtime.client()
+    if wait and rt is not None:
+        rt.block_until(lambda: not rt.pending(), None)
+
+
+def mapReduce(mapFunc: Callable, reductionOp: Callable, *iterables: Iterable) -> Any:
+    """``functools.reduce(reductionOp, map(mapFunc, *iterables))``, the map on
+    the workers and the reduction as results arrive, in order."""
+    return functools.reduce(reductionOp, map(mapFunc, *iterables))
+
+
+def mapScan(mapFunc: Callable, reductionOp: Callable, *iterables: Iterable) -> list:
+    """Every intermediate value of ``mapReduce``: the list of
+    ``itertools.accumulate(map(mapFunc, *iterables), reductionOp)``."""
+    return list(itertools.accumulate(map(mapFunc, *iterables), reductionOp))
+
+
+map_reduce = mapReduce
+map_scan = mapScan

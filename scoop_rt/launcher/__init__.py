@@ -1,0 +1,1 @@
+"""The launcher: command line, where the processes go, and how they start."""

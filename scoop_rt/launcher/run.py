@@ -1,0 +1,169 @@
+"""One run: start the broker, the workers and the origin, forward output,
+wait for the origin, and tear everything down.
+
+Start-up overlaps: every process is started at once and reads its bootstrap
+from a pipe, which the launcher writes as soon as the broker has reported the
+port it bound. Teardown is layered and idempotent: the broker ends the run
+when the origin says goodbye; whatever is still alive after a grace period
+is terminated, then its whole process tree killed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from .. import __version__, transport
+from ..config import Config
+from . import output, spawn
+
+log = logging.getLogger("scoop_rt")
+
+BROKER_START_TIMEOUT = 30.0
+
+
+class LaunchError(Exception):
+    """The run could not start; the message says why and what to do."""
+
+
+@dataclass
+class RunSpec:
+    script: str
+    argv: list
+    workers: int
+    config: Config = field(default_factory=Config)
+    bind: str = "127.0.0.1"
+
+
+class Run:
+    def __init__(self, spec: RunSpec, spawner: spawn.LocalSpawner | None = None):
+        self.spec = spec
+        self.spawner = spawner or spawn.LocalSpawner()
+        self.keys = transport.make_keys() if spec.config.secure else None
+        self.broker: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.origin: subprocess.Popen | None = None
+        self.forwarder = output.Forwarder()
+        self._stopped = False
+
+    # -- start ----------------------------------------------------------------
+
+    def start(self) -> None:
+        py = spawn.python()
+        self.broker = self.spawner.start_broker(spawn.module_argv(py, "scoop_rt.broker"))
+        _write_close(self.broker.stdin, self._broker_boot())
+        for _ in range(self.spec.workers):
+            proc = self.spawner.start_worker(spawn.module_argv(py, "scoop_rt.worker"))
+            self.forwarder.add(proc.stdout, output.stdout())
+            self.forwarder.add(proc.stderr, output.stderr())
+            self.workers.append(proc)
+        self.forwarder.start()
+        self.origin, origin_pipe = self.spawner.start_origin(
+            spawn.module_argv(py, "scoop_rt.origin"))
+        try:
+            endpoint = self._broker_endpoint()
+        except BaseException:
+            os.close(origin_pipe)
+            raise
+        for index, proc in enumerate(self.workers):
+            _write_close(proc.stdin, self._client_boot(endpoint, f"w{index}"))
+        with os.fdopen(origin_pipe, "wb") as pipe:
+            pipe.write(self._client_boot(endpoint, "origin"))
+
+    def _broker_boot(self) -> bytes:
+        return _json({"config": self.spec.config.to_dict(), "keys": self.keys,
+                      "version": __version__, "size": self.spec.workers,
+                      "bind": self.spec.bind, "parent_pid": os.getpid()})
+
+    def _client_boot(self, endpoint: str, name: str) -> bytes:
+        keys = transport.client_keys(self.keys) if self.keys else None
+        return _json({"config": self.spec.config.to_dict(), "keys": keys,
+                      "endpoint": endpoint, "name": name,
+                      "size": self.spec.workers, "script": self.spec.script,
+                      "argv": self.spec.argv, "host": socket.gethostname(),
+                      "broker_host": socket.gethostname()})
+
+    def _broker_endpoint(self) -> str:
+        """The endpoint the broker reports on its stdout once bound."""
+        out = self.broker.stdout
+        ready, _, _ = select.select([out], [], [], BROKER_START_TIMEOUT)
+        line = out.readline() if ready else b""
+        out.close()
+        try:
+            return json.loads(line)["endpoint"]
+        except (ValueError, KeyError, TypeError):
+            code = self.broker.poll()
+            why = (f"it exited with code {code}" if code is not None
+                   else f"it said nothing for {BROKER_START_TIMEOUT:.0f} s")
+            raise LaunchError(f"the broker did not start: {why}") from None
+
+    # -- wait and stop --------------------------------------------------------
+
+    def wait(self) -> int:
+        """Wait for the origin; the run's exit code (the script's)."""
+        return spawn.exit_status(self.origin.wait())
+
+    def terminate(self, signum: int = signal.SIGTERM) -> None:
+        """Pass a stop signal on to the origin (the script decides)."""
+        if self.origin is not None and self.origin.poll() is None:
+            self.origin.send_signal(signum)
+
+    def stop(self) -> None:
+        """Make sure no process of the run is left; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.spec.config.shutdown_grace
+        deadline = time.monotonic() + grace
+        procs = [p for p in [self.origin, self.broker, *self.workers] if p]
+        # The broker ends the run on the origin's goodbye; if the origin left
+        # without one (killed), the broker hears it from us instead.
+        if self.broker is not None and not _wait_all([self.broker], 0.3):
+            _signal(self.broker, signal.SIGTERM)
+        if not _wait_all(procs, deadline - time.monotonic()):
+            for proc in procs:
+                _signal(proc, signal.SIGTERM)
+            _wait_all(procs, 0.3)
+        for proc in procs:
+            if proc.poll() is None:
+                log.debug("killing process %d and its children", proc.pid)
+            spawn.kill_tree(proc)
+        _wait_all(procs, 1.0)
+        self.forwarder.close(timeout=1.0)
+
+
+def _wait_all(procs: list, timeout: float) -> bool:
+    end = time.monotonic() + max(timeout, 0)
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return False
+    return True
+
+
+def _signal(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def _json(data: dict) -> bytes:
+    return json.dumps(data).encode()
+
+
+def _write_close(pipe, data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.close()
+    except BrokenPipeError:
+        pass  # the process died at start; teardown will notice

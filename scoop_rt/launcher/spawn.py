@@ -1,0 +1,96 @@
+"""Starting the processes of a run. Every spawner gives back objects with the
+``subprocess.Popen`` interface the launcher needs (``pid``, ``poll``,
+``wait``, ``terminate``, ``kill``, ``stdin``, ``stdout``, ``stderr``), so the
+run does not care where a process lives. Local now; SSH and the batch
+scheduler's own launcher plug in behind the same ``Spawner`` interface.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Sequence
+
+import psutil
+
+from ..config import ENV_BOOT_FD, ENV_ROLE
+
+
+def module_argv(python: str, module: str, *args: str) -> list:
+    return [python, "-m", module, *args]
+
+
+class Spawner:
+    """Where and how the processes of a run start."""
+
+    def start_worker(self, argv: Sequence[str]) -> subprocess.Popen:
+        raise NotImplementedError
+
+
+class LocalSpawner(Spawner):
+    """Processes on this machine, each worker in a session of its own so the
+    terminal's Ctrl-C reaches only the origin (the launcher stops the rest)."""
+
+    def __init__(self, env: dict | None = None):
+        self.env = dict(os.environ if env is None else env)
+
+    def _env(self, role: str) -> dict:
+        env = dict(self.env)
+        env[ENV_ROLE] = role
+        return env
+
+    def start_broker(self, argv: Sequence[str]) -> subprocess.Popen:
+        return subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=self._env("broker"),
+                                start_new_session=True)
+
+    def start_worker(self, argv: Sequence[str]) -> subprocess.Popen:
+        return subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=self._env("worker"), start_new_session=True)
+
+    def start_origin(self, argv: Sequence[str]) -> tuple[subprocess.Popen, int]:
+        """The origin keeps the launcher's stdin, stdout and stderr. Its
+        bootstrap goes through a pipe it inherits; returns (process, the
+        pipe's writing end)."""
+        read_end, write_end = os.pipe()
+        env = self._env("origin")
+        env[ENV_BOOT_FD] = str(read_end)
+        try:
+            proc = subprocess.Popen(argv, pass_fds=(read_end,), env=env)
+        finally:
+            os.close(read_end)
+        return proc, write_end
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a process and everything it started, however deep."""
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        family = []
+    try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in [*family]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+
+
+def exit_status(returncode: int) -> int:
+    """A process's return code as a shell reports it (signals as 128 + n)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def python() -> str:
+    return sys.executable

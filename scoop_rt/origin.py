@@ -1,0 +1,81 @@
+"""The origin role: the user's own process, running the script as ``__main__``.
+
+Started by the launcher as ``python -m scoop_rt.origin script.py args...``,
+with the bootstrap on the inherited descriptor named by ``SCOOP_RT_BOOT_FD``.
+stdin, stdout and stderr are the user's. The process exits with the
+script's code: ``sys.exit(n)`` gives n, an uncaught exception prints its
+traceback and gives 1, as ``python script.py`` would.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from . import bootstrap, runtime
+from .client import Client
+from .config import ENV_BOOT_FD, Config
+from .protocol import Msg, Role
+
+
+class OriginClient(Client):
+    role = Role.ORIGIN
+
+    def finish(self, code: int) -> None:
+        """Tell the broker the script is over, so the run ends now."""
+        try:
+            self.send(Msg.BYE, code)
+        finally:
+            self.close()
+
+
+def run_script(path: str, argv: list) -> int:
+    """Run the script as ``__main__``; its exit code."""
+    module = bootstrap.script_module(path, "__main__")
+    try:
+        code = bootstrap.prepare_script(path, argv)
+    except SyntaxError as exc:
+        traceback.print_exception(type(exc), exc, None)
+        return 1
+    try:
+        exec(code, module.__dict__)
+    except SystemExit as exc:
+        return _exit_code(exc.code)
+    except BaseException as exc:  # the script's uncaught error: print as Python does
+        # Leave out this function's own frame: the traceback starts in the script.
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    return 0
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def main() -> None:
+    fd = int(os.environ.pop(ENV_BOOT_FD))
+    with os.fdopen(fd, "rb") as pipe:
+        boot = bootstrap.read(pipe)
+    config = Config.from_dict(boot["config"])
+    bootstrap.setup_logging(config, boot["name"])
+    bootstrap.publish(boot, is_origin=True)
+    client = OriginClient(boot)
+    runtime.current = client
+    client.start()
+    code = run_script(boot["script"], boot.get("argv", []))
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    client.finish(code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The wire protocol: the one place that spells out every message.
+
+A message is a ZeroMQ multipart message. The broker's ROUTER socket sees the
+sender's identity first; after it come the same frames every peer sees:
+
+    frame 0      two bytes: protocol VERSION, message type (``Msg``)
+    frames 1..k  the type's fields, one frame each, in SCHEMA order
+    frames k+1.. payload frames (types in PAYLOAD only): opaque bytes that
+                 the broker forwards untouched and never unpickles
+
+Who sends what:
+
+    type       sender -> receiver        fields                         payload
+    ---------  ------------------------  -----------------------------  -------------
+    HELLO      client -> broker          role, name, host, pid,         -
+                                         version, python
+    WELCOME    broker -> client          size                           -
+    REFUSED    broker -> client          reason                         -
+    SUBMIT     client -> broker          tid (the client's), flags      the task
+    TASK       broker -> worker          tid (the broker's), flags      the task
+    RESULT     worker -> broker          tid (the broker's), status     the outcome
+    RESULT     broker -> submitter       tid (the client's), status     the outcome
+    WAITING    worker -> broker          -                              -
+    RESUMED    worker -> broker          -                              -
+    PROBE      client -> broker          tid (the client's), cancel     -
+    STATE      broker -> client          tid (the client's), state      -
+    SETCONST   client -> broker          name                           the value
+    CONST      broker -> every client    name                           the value
+    PING       heartbeat -> broker       -                              -
+    PONG       broker -> heartbeat       -                              -
+    BYE        origin -> broker          code                           -
+    SHUTDOWN   broker -> every client    reason                         -
+
+``WAITING``/``RESUMED`` tell the broker that a worker's running task blocked
+on futures of its own (so the worker can take one more task meanwhile) and
+that it carries on again. ``PROBE`` asks where a submitted task stands (``TaskState``), and with
+``cancel`` set drops it if no worker has it yet. ``PING`` comes from a client's heartbeat socket,
+whose identity is the client's own plus ``HEARTBEAT_SUFFIX``.
+
+Malformed input raises ``ProtocolError``, which receivers log and drop.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import namedtuple
+from typing import Any, NamedTuple, Sequence
+
+VERSION = 1
+
+HEARTBEAT_SUFFIX = b"!hb"
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this module's format."""
+
+
+class Msg(enum.IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    REFUSED = 3
+    SUBMIT = 4
+    TASK = 5
+    RESULT = 6
+    WAITING = 7
+    RESUMED = 8
+    PROBE = 9
+    STATE = 10
+    SETCONST = 11
+    CONST = 12
+    PING = 13
+    PONG = 14
+    BYE = 15
+    SHUTDOWN = 16
+
+
+class Status(enum.IntEnum):
+    """Outcome of a task, carried by RESULT."""
+
+    OK = 0          # payload: the pickled return value
+    ERROR = 1       # payload: a pickled exception (see serialization)
+    CANCELLED = 2   # no payload: the broker dropped the task before it ran
+    LOST = 3        # payload: an exception made by the broker's side
+
+
+class TaskState(enum.IntEnum):
+    """Where a task stands at the broker, as STATE reports it."""
+
+    PENDING = 0     # queued, no worker has it
+    CANCELLED = 1   # was queued, and the PROBE that asked dropped it
+    RUNNING = 2     # a worker has it
+    UNKNOWN = 3     # finished, or never seen: its RESULT went out already
+
+
+class Role(str, enum.Enum):
+    ORIGIN = "origin"
+    WORKER = "worker"
+
+
+class Flags(enum.IntFlag):
+    """Per-task options carried by SUBMIT and TASK."""
+
+    NONE = 0
+    NO_RETRY = 1    # the task must not run twice: fail it if its worker dies
+
+
+# Field codecs: how one field becomes one frame and back.
+_INT = struct.Struct("!q")
+
+
+def _enc_int(value: int) -> bytes:
+    return _INT.pack(value)
+
+
+def _dec_int(frame: bytes) -> int:
+    if len(frame) != 8:
+        raise ProtocolError(f"an integer field has {len(frame)} bytes, not 8")
+    return _INT.unpack(frame)[0]
+
+
+def _enc_str(value: str) -> bytes:
+    return value.encode("utf-8")
+
+
+def _dec_str(frame: bytes) -> str:
+    try:
+        return frame.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"a text field is not UTF-8: {exc}") from None
+
+
+INT = (_enc_int, _dec_int)
+STR = (_enc_str, _dec_str)
+
+SCHEMA: dict[Msg, tuple[tuple[str, tuple], ...]] = {
+    Msg.HELLO: (("role", STR), ("name", STR), ("host", STR), ("pid", INT),
+                ("version", STR), ("python", STR)),
+    Msg.WELCOME: (("size", INT),),
+    Msg.REFUSED: (("reason", STR),),
+    Msg.SUBMIT: (("tid", INT), ("flags", INT)),
+    Msg.TASK: (("tid", INT), ("flags", INT)),
+    Msg.RESULT: (("tid", INT), ("status", INT)),
+    Msg.WAITING: (),
+    Msg.RESUMED: (),
+    Msg.PROBE: (("tid", INT), ("cancel", INT)),
+    Msg.STATE: (("tid", INT), ("state", INT)),
+    Msg.SETCONST: (("name", STR),),
+    Msg.CONST: (("name", STR),),
+    Msg.PING: (),
+    Msg.PONG: (),
+    Msg.BYE: (("code", INT),),
+    Msg.SHUTDOWN: (("reason", STR),),
+}
+
+PAYLOAD = frozenset({Msg.SUBMIT, Msg.TASK, Msg.RESULT, Msg.SETCONST, Msg.CONST})
+
+# One named tuple per message type, so handlers read ``msg.fields.tid``.
+FIELDS = {t: namedtuple(t.name.title(), [name for name, _ in spec])
+          for t, spec in SCHEMA.items()}
+_HEADERS = {t: bytes((VERSION, t)) for t in Msg}
+
+
+class Message(NamedTuple):
+    type: Msg
+    fields: Any
+    payload: list
+
+
+def encode(msg_type: Msg, *fields: Any, payload: Sequence = ()) -> list:
+    """Frames for one message (without the ROUTER identity)."""
+    spec = SCHEMA[msg_type]
+    if len(fields) != len(spec):
+        raise ProtocolError(
+            f"{msg_type.name} takes {len(spec)} fields, got {len(fields)}")
+    frames = [_HEADERS[msg_type]]
+    frames += [codec[0](value) for (_, codec), value in zip(spec, fields)]
+    if payload:
+        if msg_type not in PAYLOAD:
+            raise ProtocolError(f"{msg_type.name} carries no payload")
+        frames += payload
+    return frames
+
+
+def _as_bytes(frame: Any) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.bytes
+
+
+def peek_type(frames: Sequence) -> Msg:
+    """The type of a message, checking its version, without decoding fields."""
+    if not frames:
+        raise ProtocolError("an empty message")
+    head = _as_bytes(frames[0])
+    if len(head) != 2:
+        raise ProtocolError(f"a header of {len(head)} bytes, not 2")
+    if head[0] != VERSION:
+        raise ProtocolError(
+            f"protocol version {head[0]}, this side speaks {VERSION}: "
+            "are both ends running the same scoop_rt?")
+    try:
+        return Msg(head[1])
+    except ValueError:
+        raise ProtocolError(f"unknown message type {head[1]}") from None
+
+
+def decode(frames: Sequence) -> Message:
+    """Parse the frames of one message (without the ROUTER identity).
+
+    Frames may be ``bytes`` or ``zmq.Frame``; payload frames are returned
+    as they came, so the broker can forward them without copying.
+    """
+    msg_type = peek_type(frames)
+    spec = SCHEMA[msg_type]
+    n = 1 + len(spec)
+    if len(frames) < n:
+        raise ProtocolError(
+            f"{msg_type.name} needs {len(spec)} fields, got {len(frames) - 1}")
+    if len(frames) > n and msg_type not in PAYLOAD:
+        raise ProtocolError(f"{msg_type.name} carries no payload")
+    values = [codec[1](_as_bytes(frame))
+              for (_, codec), frame in zip(spec, frames[1:n])]
+    return Message(msg_type, FIELDS[msg_type](*values), list(frames[n:]))
+
+
+def heartbeat_identity(identity: bytes) -> bytes:
+    """The identity of the heartbeat socket that belongs to ``identity``."""
+    return identity + HEARTBEAT_SUFFIX
+
+
+def heartbeat_owner(identity: bytes) -> bytes | None:
+    """The client a heartbeat socket belongs to, or None for a main socket."""
+    if identity.endswith(HEARTBEAT_SUFFIX):
+        return identity[: -len(HEARTBEAT_SUFFIX)]
+    return None

@@ -1,0 +1,91 @@
+"""Which runtime this process uses: a launched run's client, or the
+sequential stand-in that runs every call in-process when there is no run
+(``python script.py``, a test, a notebook).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+import warnings
+from typing import Any, Callable, Sequence
+
+current: Any = None  # the Client of a launched run, set by its role
+
+
+class Sequential:
+    """The futures API without a run: each call runs when it is submitted.
+
+    Results, their order and error types are those of a launched run.
+    """
+
+    size = 1
+    _warned = False
+
+    def __init__(self) -> None:
+        self.constants: dict[str, Any] = {}
+
+    @classmethod
+    def warn_once(cls) -> None:
+        if not cls._warned:
+            cls._warned = True
+            print("scoop_rt: no run was launched (start the script with "
+                  "'python -m scoop_rt script.py' to use workers); running "
+                  "futures sequentially in this process", file=sys.stderr)
+
+    def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
+                    flags: Any = None) -> cf.Future:
+        future: cf.Future = cf.Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            future.set_exception(exc)
+        return future
+
+    def submit_chunk(self, fn: Callable, calls: Sequence[tuple]) -> cf.Future:
+        values: list = []
+        error = None
+        for call in calls:
+            try:
+                values.append(fn(*call))
+            except Exception as exc:
+                error = exc
+                break
+        future: cf.Future = cf.Future()
+        future.set_result((values, error))
+        return future
+
+    def set_const(self, name: str, value: Any) -> None:
+        self.constants[name] = value
+
+    def has_const(self, name: str) -> bool:
+        return name in self.constants
+
+    def get_const(self, name: str, timeout: float | None) -> Any:
+        return self.constants.get(name)
+
+    def block_until(self, condition: Callable[[], bool],
+                    timeout: float | None) -> bool:
+        return condition()
+
+
+_sequential: Sequential | None = None
+
+
+def get() -> Any:
+    """The runtime of this process (a launched client or the sequential one)."""
+    global _sequential
+    if current is not None:
+        return current
+    if _sequential is None:
+        _sequential = Sequential()
+    _sequential.warn_once()
+    return _sequential
+
+
+def client() -> Any:
+    """The launched client, or None when running sequentially."""
+    return current

@@ -1,0 +1,187 @@
+"""Turning tasks, results and errors into frames, and back.
+
+- cloudpickle with pickle protocol 5; buffers of 64 KiB and more (numpy
+  arrays, ``PickleBuffer``) travel as separate frames, not copied into the
+  pickle.
+- Functions and classes defined at the top level of the user's script travel
+  by name: every worker has the script imported (see ``SCRIPT_MODULES``).
+  Lambdas, closures and nested functions travel by value.
+- Exceptions travel with the text of their remote traceback; the receiving side
+  attaches it as ``__cause__``. One that cannot be pickled arrives as a
+  ``RemoteError`` carrying its type name, message and traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import traceback
+import types
+from typing import Any, Callable, Sequence
+
+import cloudpickle
+
+from .errors import RemoteError, RemoteTraceback
+
+# The user's script is the module ``__main__`` in the origin. Workers import it
+# as ``__scoop_rt_main__`` and also register it as ``__main__``; the origin
+# registers the alias too, so a reference under either name resolves anywhere.
+SCRIPT_MODULE = "__scoop_rt_main__"
+SCRIPT_MODULES = ("__main__", SCRIPT_MODULE)
+
+OUT_OF_BAND_MIN = 64 * 1024
+PROTOCOL = 5
+
+# What a task payload carries: one call, or a chunk of calls of one function.
+CALL = 0
+CHUNK = 1
+
+
+def _is_script_global(obj: Any) -> bool:
+    """True for a function or class reachable by name in the user's script."""
+    module = getattr(obj, "__module__", None)
+    if module not in SCRIPT_MODULES:
+        return False
+    target = sys.modules.get(module)
+    if target is None:
+        return False
+    found: Any = target
+    for part in getattr(obj, "__qualname__", "<>").split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            return False
+    return found is obj
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, except that the script's own top-level names go by name."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, type)) and _is_script_global(obj):
+            return NotImplemented  # pickle's own save_global: module + name
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any) -> list:
+    """Frames for ``obj``: the pickle, then its out-of-band buffers."""
+    buffers: list = []
+
+    def keep_large(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes < OUT_OF_BAND_MIN:
+            return True  # small: in-band is cheaper than a frame
+        buffers.append(buf)
+        return False
+
+    out = io.BytesIO()
+    _Pickler(out, protocol=PROTOCOL, buffer_callback=keep_large).dump(obj)
+    return [out.getvalue(), *buffers]
+
+
+def loads(frames: Sequence) -> Any:
+    """Inverse of ``dumps``; frames may be ``bytes`` or ``zmq.Frame``.
+
+    Out-of-band buffers are copied into writable memory, so a received numpy
+    array can be changed in place as it could in the sender.
+    """
+    if not frames:
+        raise pickle.UnpicklingError("no frames to unpickle")
+    head = frames[0]
+    head = head if isinstance(head, bytes) else head.buffer
+    buffers = [bytearray(f if isinstance(f, bytes) else f.buffer)
+               for f in frames[1:]]
+    return pickle.loads(head, buffers=buffers)
+
+
+def describe(fn: Any) -> str:
+    """A short name for a callable, for messages."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name or type(fn).__name__
+
+
+def _culprit(fn: Callable, args: Sequence, kwargs: dict) -> str:
+    """Which part of a call cannot be pickled, in words."""
+    candidates = [("the function itself", fn)]
+    candidates += [(f"argument {i} ({type(a).__name__})", a)
+                   for i, a in enumerate(args)]
+    candidates += [(f"keyword argument {k!r} ({type(v).__name__})", v)
+                   for k, v in kwargs.items()]
+    for label, value in candidates:
+        try:
+            dumps(value)
+        except Exception as exc:  # any failure here names the culprit
+            return f"{label} cannot be pickled: {exc}"
+    return "the call cannot be pickled"
+
+
+def dump_call(fn: Callable, args: Sequence, kwargs: dict) -> list:
+    """Frames of a task that calls ``fn(*args, **kwargs)``.
+
+    An unpicklable part raises ``pickle.PicklingError`` naming the function
+    and the argument, in the caller's process, before anything is sent.
+    """
+    try:
+        return dumps((CALL, fn, tuple(args), kwargs))
+    except Exception as exc:
+        raise pickle.PicklingError(
+            f"cannot send {describe(fn)}() to a worker: "
+            f"{_culprit(fn, args, kwargs)}") from exc
+
+
+def dump_chunk(fn: Callable, calls: Sequence[tuple]) -> list:
+    """Frames of a task that calls ``fn(*call)`` for each of ``calls``."""
+    try:
+        return dumps((CHUNK, fn, list(calls), {}))
+    except Exception as exc:
+        detail = "the call cannot be pickled"
+        for call in calls:
+            detail = _culprit(fn, call, {})
+            if detail != "the call cannot be pickled":
+                break
+        raise pickle.PicklingError(
+            f"cannot send {describe(fn)}() to a worker: {detail}") from exc
+
+
+def format_remote_traceback(exc: BaseException, where: str, skip: int = 0) -> str:
+    """The traceback of ``exc`` as text, headed by where it was raised.
+
+    ``skip`` leaves out that many outermost frames (the runtime's own).
+    """
+    tb = exc.__traceback__
+    for _ in range(skip):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb)
+    return f"\nTraceback on {where}:\n" + "".join(lines[1:]).rstrip("\n")
+
+
+def dump_error(exc: BaseException, tb_text: str, extra: Any = None) -> list:
+    """Frames carrying ``exc`` (or a RemoteError standing for it) and its traceback.
+
+    The exception is pickled and unpickled here first: one that would fail on
+    the other side is replaced now, while its type and message can be read.
+    """
+    try:
+        frames = dumps((exc, tb_text, extra))
+        loads(frames)
+        return frames
+    except Exception:
+        stand_in = RemoteError(type(exc).__qualname__, str(exc), tb_text)
+        try:
+            return dumps((stand_in, tb_text, extra))
+        except Exception:
+            # ``extra`` itself cannot travel: send the error alone.
+            return dumps((stand_in, tb_text, None))
+
+
+def load_error(frames: Sequence) -> tuple[BaseException, Any]:
+    """The exception carried by ``dump_error`` frames, with its remote traceback
+    attached as ``__cause__``; and the extra value sent with it."""
+    try:
+        exc, tb_text, extra = loads(frames)
+    except Exception as err:
+        return RemoteError(type(err).__name__,
+                           f"the remote error could not be unpickled: {err}"), None
+    if tb_text:
+        exc.__cause__ = RemoteTraceback(tb_text)
+    return exc, extra
