@@ -130,9 +130,11 @@ class Heartbeat(threading.Thread):
                         continue
                     last_heard = time.monotonic()
                     if msg.type == Msg.SHUTDOWN:
+                        # The main thread leaves by itself unless a task
+                        # keeps it busy: then leave from here.
                         self.stopped.wait(c.config.shutdown_grace / 2)
                         if not self.stopped.is_set():
-                            c.on_run_over(msg.fields.reason)
+                            c.leave(msg.fields.reason)
                 silent = time.monotonic() - last_heard
                 if silent > interval * c.config.heartbeat_misses:
                     c.on_run_over(
@@ -194,9 +196,13 @@ class Client:
         self.ctx.term()
 
     def on_run_over(self, reason: str) -> None:
-        """The run is gone or over while this process still runs: leave."""
-        log.error("%s: the run is over (%s); leaving", self.name, reason)
+        """The broker is gone while this process still runs: leave."""
+        log.error("%s: lost the run (%s); leaving", self.name, reason)
         exit_now(1)
+
+    def leave(self, reason: str) -> None:
+        """The broker ended the run (``SHUTDOWN``): leave at once."""
+        exit_now(0)
 
     # -- sending ------------------------------------------------------------
 
@@ -319,7 +325,7 @@ class Client:
 
     def on_result(self, msg: protocol.Message) -> None:
         future = self._futures.pop(msg.fields.tid, None)
-        if future is None or future.done():
+        if future is None or future._settled():
             return  # cancelled here, or a stale copy of a re-run task
         status = msg.fields.status
         try:
@@ -355,7 +361,7 @@ class Client:
         exit_now(2)
 
     def on_shutdown(self, msg: protocol.Message) -> None:
-        exit_now(0)
+        self.leave(msg.fields.reason)
 
 
 def _lost_error(payload: list) -> Exception:

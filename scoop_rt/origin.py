@@ -14,13 +14,18 @@ import sys
 import traceback
 
 from . import bootstrap, runtime
-from .client import Client
+from .client import Client, exit_now, log
 from .config import ENV_BOOT_FD, Config
 from .protocol import Msg, Role
 
 
 class OriginClient(Client):
     role = Role.ORIGIN
+
+    def leave(self, reason: str) -> None:
+        """The run was stopped under the script (its launcher is gone)."""
+        log.error("the run was stopped: %s", reason)
+        exit_now(1)
 
     def finish(self, code: int) -> None:
         """Tell the broker the script is over, so the run ends now."""
