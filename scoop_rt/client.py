@@ -102,45 +102,68 @@ class Future(cf.Future):
 
 class Heartbeat(threading.Thread):
     """Pings the broker from its own socket; ends the process when the broker
-    is gone or says the run is over and the main thread is slow to leave."""
+    is gone, or has ended the run while the main thread is too busy to leave.
+
+    ``stop()`` wakes it at once through an in-process socket, so closing a
+    client never waits out a heartbeat interval.
+    """
 
     def __init__(self, client: "Client"):
         super().__init__(name="scoop_rt-heartbeat", daemon=True)
         self.client = client
         self.stopped = threading.Event()
+        self._wake_address = f"inproc://scoop_rt-heartbeat-{id(self)}"
+        self._wake = client.ctx.socket(zmq.PAIR)
+        self._wake.bind(self._wake_address)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self._wake.send(b"")
+        self.join(timeout=1.0)
+        self._wake.close(linger=0)
 
     def run(self) -> None:
         c = self.client
         interval = c.config.heartbeat_interval
         sock = transport.connect_heartbeat(c.ctx, c.endpoint, c.keys, c.identity)
+        wake = c.ctx.socket(zmq.PAIR)
+        wake.connect(self._wake_address)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
         ping = protocol.encode(Msg.PING)
         last_heard = time.monotonic()
         try:
             while not self.stopped.is_set():
                 sock.send_multipart(ping)
                 deadline = time.monotonic() + interval
-                while (wait := deadline - time.monotonic()) > 0:
-                    if not sock.poll(wait * 1000):
+                while (left := deadline - time.monotonic()) > 0:
+                    events = dict(poller.poll(left * 1000))
+                    if wake in events or self.stopped.is_set():
+                        return
+                    if sock not in events:
                         break
-                    frames = sock.recv_multipart()
-                    try:
-                        msg = protocol.decode(frames)
-                    except ProtocolError as exc:
-                        log.warning("dropped a malformed message: %s", exc)
-                        continue
                     last_heard = time.monotonic()
-                    if msg.type == Msg.SHUTDOWN:
-                        # The main thread leaves by itself unless a task
-                        # keeps it busy: then leave from here.
-                        self.stopped.wait(c.config.shutdown_grace / 2)
-                        if not self.stopped.is_set():
-                            c.leave(msg.fields.reason)
+                    self.on_message(sock.recv_multipart())
                 silent = time.monotonic() - last_heard
                 if silent > interval * c.config.heartbeat_misses:
                     c.on_run_over(
                         f"the broker has not answered for {silent:.0f} s")
         finally:
             sock.close(linger=0)
+            wake.close(linger=0)
+
+    def on_message(self, frames: list) -> None:
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message: %s", exc)
+            return
+        if msg.type == Msg.SHUTDOWN:
+            # The main thread leaves by itself unless a task keeps it busy:
+            # then leave from here.
+            if not self.stopped.wait(self.client.config.shutdown_grace / 2):
+                self.client.leave(msg.fields.reason)
 
 
 class Client:
@@ -190,8 +213,8 @@ class Client:
         if self.closed:
             return
         self.closed = True
-        self.heartbeat.stopped.set()
-        self.heartbeat.join(timeout=self.config.heartbeat_interval + 1)
+        if self.heartbeat.is_alive():
+            self.heartbeat.stop()
         self.sock.close(linger=1000)
         self.ctx.term()
 

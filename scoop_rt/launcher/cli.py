@@ -26,6 +26,8 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + message
+        if "required: script" in message:
+            message = "no script given: python -m scoop_rt [-n N] script.py [args...]"
         raise UsageError(f"{message} (see 'python -m scoop_rt --help')")
 
 
