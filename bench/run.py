@@ -1,0 +1,211 @@
+"""Benchmark scoop_rt side by side with the runtimes a user would pick instead.
+
+    python bench/run.py [--quick] [--repeat R] [--peers scoop_rt,mp,scoop]
+                        [--workloads map,roundtrip,fib,startup]
+
+Every (workload, peer) measurement is its own command, timed from outside and
+repeated R times (interleaved across peers, so that drift of the machine hits
+all of them alike); the table shows medians. A peer or workload that fails shows
+"error" and the run goes on; the failing command's stderr tail goes to stderr.
+The table is printed and written to bench/results/latest.md and latest.json.
+See bench/README.md for what each workload measures.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import command
+import report
+from peers import PEERS, SUBJECT
+from suite import WORKLOADS
+
+BENCH = Path(__file__).resolve().parent
+SCRIPTS = BENCH / "workloads"
+STDERR_TAIL = 15
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes and 2 repeats, for a smoke test")
+    parser.add_argument("--repeat", type=int,
+                        help="runs per measurement (default 5, or 2 with --quick)")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"comma-separated, from {','.join(PEERS)}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated, from {','.join(WORKLOADS)}")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="workers per runtime (-n), default 2")
+    parser.add_argument("--timeout", type=float, default=300,
+                        help="seconds before one command is killed, default 300")
+    parser.add_argument("--out", type=Path, default=BENCH / "results",
+                        help="folder for latest.md and latest.json")
+    args = parser.parse_args(argv)
+    args.peers = _pick(parser, "peer", args.peers, PEERS)
+    args.workloads = _pick(parser, "workload", args.workloads, WORKLOADS)
+    if args.quick:
+        args.workloads = [dataclasses.replace(w, size=w.quick_size)
+                          for w in args.workloads]
+    args.repeat = args.repeat or (2 if args.quick else 5)
+    return args
+
+
+def _pick(parser, kind, names, known):
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in known]
+    if unknown or not chosen:
+        parser.error(f"unknown {kind} {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(known)}")
+    return [known[name] for name in chosen]
+
+
+def launchers(peers, workers):
+    """Each peer's argv prefix, or the error that kept it from being set up."""
+    prepared = {}
+    for peer in peers:
+        try:
+            prepared[peer.name] = peer.launcher(workers)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            prepared[peer.name] = error
+            print(f"{peer.name}: cannot be set up: {error}", file=sys.stderr)
+    return prepared
+
+
+def environment(peer, workers):
+    """The environment of every command: the runtime's name and where scripts live."""
+    path = [str(SCRIPTS), str(BENCH.parent), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, BENCH_RUNTIME=peer.name, BENCH_WORKERS=str(workers),
+                PYTHONPATH=os.pathsep.join(p for p in path if p))
+
+
+def measure(workload, peers, prepared, args):
+    """Run `workload` under every peer, args.repeat times each; return its cells."""
+    cells = {}
+    for peer in peers:
+        cell = {"workload": workload.name, "peer": peer.name, "status": "ok",
+                "runs": [], "median": {}, "error": None, "leftovers": 0}
+        if isinstance(prepared[peer.name], Exception):
+            cell.update(status="error", error=str(prepared[peer.name]))
+        cells[workload.name, peer.name] = cell
+    size = [] if workload.size is None else [str(workload.size)]
+    for round_ in range(1, args.repeat + 1):
+        for peer in peers:
+            cell = cells[workload.name, peer.name]
+            if cell["status"] != "ok":
+                continue
+            argv = prepared[peer.name] + [str(SCRIPTS / workload.script)] + size
+            outcome = command.run(argv, environment(peer, args.workers), args.timeout)
+            record(cell, outcome, args.timeout)
+            progress(cell, round_, args.repeat)
+    for cell in cells.values():
+        if cell["status"] == "ok":
+            keys = set().union(*cell["runs"])
+            cell["median"] = {key: statistics.median(run[key] for run in cell["runs"])
+                              for key in keys
+                              if all(isinstance(run.get(key), (int, float))
+                                     for run in cell["runs"])}
+    return cells
+
+
+def record(cell, outcome, timeout):
+    """Add one run's measurements to `cell`, or mark it n/a or error."""
+    cell["leftovers"] += outcome.leftovers
+    metrics = _last_json_line(outcome.stdout)
+    if outcome.returncode is None:
+        error = f"timed out after {timeout:g} s"
+    elif outcome.returncode != 0:
+        error = f"exit status {outcome.returncode}"
+    elif metrics is None:
+        error = "printed no JSON line on stdout"
+    elif "unsupported" in metrics:
+        cell.update(status="n/a", error=metrics["unsupported"])
+        return
+    else:
+        cell["runs"].append(dict(metrics, wall_s=outcome.wall_s))
+        return
+    cell.update(status="error", error=error)
+    tail = outcome.stderr.splitlines()[-STDERR_TAIL:]
+    print(f"{cell['workload']} / {cell['peer']}: {error}\n"
+          f"  $ {shlex.join(outcome.argv)}\n"
+          + "".join(f"  | {line}\n" for line in tail), end="", file=sys.stderr)
+
+
+def _last_json_line(stdout):
+    for line in reversed(stdout.splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def progress(cell, round_, repeat):
+    """One line on stderr per run, so that a long bench shows it is alive."""
+    if cell["status"] == "ok":
+        run = cell["runs"][-1]
+        shown = " ".join(f"{key}={value:.4g}" for key, value in run.items()
+                         if isinstance(value, float))
+    else:
+        shown = f"{cell['status']} ({cell['error']})"
+    print(f"[{round_}/{repeat}] {cell['workload']:<10} {cell['peer']:<9} {shown}",
+          file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = report.machine()
+    print(report.machine_line(info), flush=True)
+    prepared = launchers(args.peers, args.workers)
+    cells = {}
+    for workload in args.workloads:
+        cells.update(measure(workload, args.peers, prepared, args))
+    for cell in cells.values():
+        if cell["leftovers"]:
+            print(f"note: {cell['peer']} left {cell['leftovers']} process(es) running "
+                  f"after {cell['workload']} commands exited; they were killed",
+                  file=sys.stderr)
+
+    header, rows = report.table(cells, args.workloads, args.peers, SUBJECT, args.workers)
+    title = (f"{args.workers} workers each, median of {args.repeat} runs"
+             f"{' (--quick sizes)' if args.quick else ''}")
+    print(f"\n{title}\n{report.ratio_note(SUBJECT)}\n")
+    print(report.text_table(header, rows))
+    notes = report.spread_notes(cells, args.workloads, args.peers)
+    if notes:
+        print("\nWide spread:\n" + "\n".join(f"  {note}" for note in notes))
+    write_results(args, info, title, header, rows, notes, cells)
+
+
+def write_results(args, info, title, header, rows, notes, cells):
+    """bench/results/latest.md for people, latest.json for tools (and charts)."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    markdown = (f"# scoop_rt benchmark\n\n{report.machine_line(info)}\n\n{title}. "
+                f"{report.ratio_note(SUBJECT)}\n\n{report.markdown_table(header, rows)}\n"
+                + "".join(f"\n- Wide spread: {note}" for note in notes)
+                + ("\n" if notes else ""))
+    (args.out / "latest.md").write_text(markdown)
+    results = {
+        "machine": info,
+        "options": {"repeat": args.repeat, "quick": args.quick,
+                    "workers": args.workers, "timeout": args.timeout},
+        "subject": SUBJECT,
+        "peers": {peer.name: peer.label for peer in args.peers},
+        "workloads": [dataclasses.asdict(w) for w in args.workloads],
+        "notes": notes,
+        "cells": list(cells.values()),
+    }
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {args.out / 'latest.md'}, {args.out / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()
