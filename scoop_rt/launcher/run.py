@@ -37,18 +37,29 @@ class LaunchError(Exception):
 class RunSpec:
     script: str
     argv: list
-    workers: int
+    placement: list            # [(host name, workers)], in worker order
     config: Config = field(default_factory=Config)
-    bind: str = "127.0.0.1"
+    bind: str = "127.0.0.1"    # the broker's interface
+    advertise: str | None = None  # the name remote workers connect to
+    tunnel: bool = False       # remote workers connect back through SSH
+    port_range: tuple | None = None
+
+    @property
+    def workers(self) -> int:
+        return sum(count for _, count in self.placement)
 
 
 class Run:
-    def __init__(self, spec: RunSpec, spawner: spawn.LocalSpawner | None = None):
+    """One run. ``remote`` maps the names of remote hosts in the placement to
+    their connected ``SSHHost``; every other host is this machine."""
+
+    def __init__(self, spec: RunSpec, remote: dict | None = None):
         self.spec = spec
-        self.spawner = spawner or spawn.LocalSpawner()
+        self.remote = remote or {}
+        self.spawner = spawn.LocalSpawner()
         self.keys = transport.make_keys() if spec.config.secure else None
         self.broker: subprocess.Popen | None = None
-        self.workers: list[subprocess.Popen] = []
+        self.workers: list = []
         self.origin: subprocess.Popen | None = None
         self.forwarder = output.Forwarder()
         self._stopped = False
@@ -58,11 +69,13 @@ class Run:
     def start(self) -> None:
         py = spawn.python()
         self.broker = self.spawner.start_broker(spawn.module_argv(py, "scoop_rt.broker"))
-        _write_close(self.broker.stdin, self._broker_boot())
-        for _ in range(self.spec.workers):
+        spawn.write_close(self.broker.stdin, self._broker_boot())
+        names = self._names()
+        local = [(name, host) for name, host in names if host not in self.remote]
+        for _ in local:
             proc = self.spawner.start_worker(spawn.module_argv(py, "scoop_rt.worker"))
-            self.forwarder.add(proc.stdout, output.stdout())
-            self.forwarder.add(proc.stderr, output.stderr())
+            self.forwarder.add_pipe(proc.stdout, output.stdout())
+            self.forwarder.add_pipe(proc.stderr, output.stderr())
             self.workers.append(proc)
         self.forwarder.start()
         self.origin, origin_pipe = self.spawner.start_origin(
@@ -72,23 +85,48 @@ class Run:
         except BaseException:
             os.close(origin_pipe)
             raise
-        for index, proc in enumerate(self.workers):
-            _write_close(proc.stdin, self._client_boot(endpoint, f"w{index}"))
+        for proc, (name, _) in zip(self.workers, local):
+            spawn.write_close(proc.stdin, _json(self._client_boot(endpoint, name)))
         with os.fdopen(origin_pipe, "wb") as pipe:
-            pipe.write(self._client_boot(endpoint, "origin"))
+            pipe.write(_json(self._client_boot(endpoint, "origin")))
+        for host_name, host in self.remote.items():
+            mine = [name for name, h in names if h == host_name]
+            if mine:
+                self._start_remote(host, endpoint, mine)
+
+    def _names(self) -> list:
+        """(worker name, host) for every worker, numbered over the run."""
+        names = []
+        for host, count in self.spec.placement:
+            names += [(f"w{len(names) + i}", host) for i in range(count)]
+        return names
+
+    def _start_remote(self, host, endpoint: str, names: list) -> None:
+        port = endpoint.rsplit(":", 1)[1]
+        if self.spec.tunnel:
+            port = host.forward_remote_port(int(port))
+            endpoint = f"tcp://127.0.0.1:{port}"
+        elif self.spec.advertise:
+            endpoint = f"tcp://{self.spec.advertise}:{port}"
+        boots = [self._client_boot(endpoint, name, host.name) for name in names]
+        agent = host.start_agent({"workers": boots})
+        self.forwarder.add(output.ChannelSource(agent.channel, output.stdout(),
+                                                output.stderr()))
+        self.workers.append(agent)
 
     def _broker_boot(self) -> bytes:
         return _json({"config": self.spec.config.to_dict(), "keys": self.keys,
                       "version": __version__, "size": self.spec.workers,
-                      "bind": self.spec.bind, "parent_pid": os.getpid()})
+                      "bind": self.spec.bind, "port_range": self.spec.port_range,
+                      "parent_pid": os.getpid()})
 
-    def _client_boot(self, endpoint: str, name: str) -> bytes:
+    def _client_boot(self, endpoint: str, name: str, host: str | None = None) -> dict:
         keys = transport.client_keys(self.keys) if self.keys else None
-        return _json({"config": self.spec.config.to_dict(), "keys": keys,
-                      "endpoint": endpoint, "name": name,
-                      "size": self.spec.workers, "script": self.spec.script,
-                      "argv": self.spec.argv, "host": socket.gethostname(),
-                      "broker_host": socket.gethostname()})
+        return {"config": self.spec.config.to_dict(), "keys": keys,
+                "endpoint": endpoint, "name": name, "size": self.spec.workers,
+                "script": self.spec.script, "argv": self.spec.argv,
+                "host": host or socket.gethostname(),
+                "broker_host": socket.gethostname()}
 
     def _broker_endpoint(self) -> str:
         """The endpoint the broker reports on its stdout once bound."""
@@ -132,8 +170,6 @@ class Run:
                 _signal(proc, signal.SIGTERM)
             _wait_all(procs, 0.3)
         for proc in procs:
-            if proc.poll() is None:
-                log.debug("killing process %d and its children", proc.pid)
             spawn.kill_tree(proc)
         _wait_all(procs, 1.0)
         self.forwarder.close(timeout=1.0)
@@ -159,11 +195,3 @@ def _signal(proc: subprocess.Popen, signum: int) -> None:
 
 def _json(data: dict) -> bytes:
     return json.dumps(data).encode()
-
-
-def _write_close(pipe, data: bytes) -> None:
-    try:
-        pipe.write(data)
-        pipe.close()
-    except BrokenPipeError:
-        pass  # the process died at start; teardown will notice

@@ -65,8 +65,12 @@ class LocalSpawner(Spawner):
         return proc, write_end
 
 
-def kill_tree(proc: subprocess.Popen) -> None:
-    """Kill a process and everything it started, however deep."""
+def kill_tree(proc) -> None:
+    """Kill a process and everything it started, however deep. A remote
+    process (``ssh.RemoteProcess``) is told to stop its own."""
+    if not isinstance(proc, subprocess.Popen):
+        proc.kill()
+        return
     try:
         family = psutil.Process(proc.pid).children(recursive=True)
     except psutil.Error:
@@ -90,6 +94,15 @@ def kill_tree(proc: subprocess.Popen) -> None:
 def exit_status(returncode: int) -> int:
     """A process's return code as a shell reports it (signals as 128 + n)."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def write_close(pipe, data: bytes) -> None:
+    """Write a bootstrap to a process's stdin and close it."""
+    try:
+        pipe.write(data)
+        pipe.close()
+    except BrokenPipeError:
+        pass  # the process died at start; teardown will notice
 
 
 def python() -> str:
