@@ -13,6 +13,7 @@ and leaves, so nothing of the run stays on the host.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -54,7 +55,11 @@ def main() -> None:
         spawn.kill_tree(proc)
     forwarder.close(timeout=2.0)
     codes = [p.wait() for p in workers]
-    sys.exit(0 if all(c == 0 for c in codes) else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit: the stdin watcher may still sit in a read, which would make
+    # an ordinary exit abort at interpreter shutdown.
+    os._exit(0 if all(c == 0 for c in codes) else 1)
 
 
 def _watch_stdin(gone: threading.Event) -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import paramiko
 
+SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+
 # Exit codes of the remote shell prelude, to tell its failures apart.
 _NO_FOLDER = 90
 _NO_PROLOG = 91
@@ -94,7 +96,7 @@ class SSHHost:
         """Open the transport, or raise ``HostFailure`` saying why not."""
         client = paramiko.SSHClient()
         client.load_system_host_keys()
-        for path in self.known_hosts:
+        for path in [SYSTEM_KNOWN_HOSTS, *self.known_hosts]:
             if os.path.exists(path):
                 client.load_system_host_keys(path)
         client.set_missing_host_key_policy(
