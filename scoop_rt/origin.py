@@ -10,6 +10,7 @@ traceback and gives 1, as ``python script.py`` would.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 
@@ -47,11 +48,34 @@ def run_script(path: str, argv: list) -> int:
         exec(code, module.__dict__)
     except SystemExit as exc:
         return _exit_code(exc.code)
+    except KeyboardInterrupt:
+        print("scoop_rt: interrupted (Ctrl-C); stopping the run", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BaseException as exc:  # the script's uncaught error: print as Python does
         # Leave out this function's own frame: the traceback starts in the script.
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
-        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+        return 1
     return 0
+
+
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def _on_sigint(signum, frame) -> None:
+    """The first Ctrl-C interrupts the script; more (the terminal's and the
+    launcher's copy of the same one, or an impatient user) are ignored while
+    the run stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(signum, frame) -> None:
+    """A scheduler's walltime: stop as gracefully as ``sys.exit`` would."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("scoop_rt: terminated (SIGTERM); stopping the run", file=sys.stderr)
+    raise SystemExit(EXIT_TERMINATED)
 
 
 def _exit_code(code: object) -> int:
@@ -73,6 +97,8 @@ def main() -> None:
     client = OriginClient(boot)
     runtime.current = client
     client.start()
+    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     code = run_script(boot["script"], boot.get("argv", []))
     try:
         sys.stdout.flush()

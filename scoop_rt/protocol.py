@@ -30,10 +30,13 @@ Who sends what:
     PONG       broker -> heartbeat       -                              -
     BYE        origin -> broker          code                           -
     SHUTDOWN   broker -> every client    reason                         -
+    GONE       watcher -> broker         name, reason                   -
 
 ``WAITING``/``RESUMED`` tell the broker that a worker's running task blocked
 on futures of its own (so the worker can take one more task meanwhile) and
-that it carries on again. ``PROBE`` asks where a submitted task stands (``TaskState``), and with
+that it carries on again. A *watcher* (the launcher, or the agent on a
+remote host) sees worker processes exit and says so at once with ``GONE``,
+naming the exit code or signal; heartbeats catch what no watcher sees. ``PROBE`` asks where a submitted task stands (``TaskState``), and with
 ``cancel`` set drops it if no worker has it yet. ``PING`` comes from a client's heartbeat socket,
 whose identity is the client's own plus ``HEARTBEAT_SUFFIX``.
 
@@ -73,6 +76,7 @@ class Msg(enum.IntEnum):
     PONG = 14
     BYE = 15
     SHUTDOWN = 16
+    GONE = 17
 
 
 class Status(enum.IntEnum):
@@ -96,6 +100,7 @@ class TaskState(enum.IntEnum):
 class Role(str, enum.Enum):
     ORIGIN = "origin"
     WORKER = "worker"
+    WATCHER = "watcher"   # watches worker processes; see GONE
 
 
 class Flags(enum.IntFlag):
@@ -151,6 +156,7 @@ SCHEMA: dict[Msg, tuple[tuple[str, tuple], ...]] = {
     Msg.PONG: (),
     Msg.BYE: (("code", INT),),
     Msg.SHUTDOWN: (("reason", STR),),
+    Msg.GONE: (("name", STR), ("reason", STR)),
 }
 
 PAYLOAD = frozenset({Msg.SUBMIT, Msg.TASK, Msg.RESULT, Msg.SETCONST, Msg.CONST})

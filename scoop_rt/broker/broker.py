@@ -97,6 +97,7 @@ class Broker:
             Msg.PROBE: self.on_probe,
             Msg.SETCONST: self.on_setconst,
             Msg.BYE: self.on_bye,
+            Msg.GONE: self.on_gone,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -230,6 +231,11 @@ class Broker:
             peer.heartbeat = identity
         self.send(identity, Msg.PONG)
 
+    def on_gone(self, identity: bytes, f, payload) -> None:
+        for peer in list(self.peers.values()):
+            if peer.role == Role.WORKER.value and peer.name == f.name:
+                self.lost(peer, f.reason)
+
     def on_bye(self, identity: bytes, f, payload) -> None:
         self.stop_reason = f"the script ended with code {f.code}"
 
@@ -260,7 +266,8 @@ class Broker:
             return
         self._next_watch = now + self.config.heartbeat_interval
         limit = self.config.heartbeat_interval * self.config.heartbeat_misses
-        for peer in [p for p in self.peers.values() if now - p.last_seen > limit]:
+        for peer in [p for p in self.peers.values() if now - p.last_seen > limit
+                     and p.role != Role.WATCHER.value]:
             self.lost(peer, f"silent for {now - peer.last_seen:.1f} s")
         if os.getppid() != self.parent_pid:
             self.stop_reason = "the launcher is gone"
@@ -274,7 +281,7 @@ class Broker:
         slots = self.workers.pop(peer.identity, None)
         held = sorted(slots.running) if slots else []
         for btid in held:
-            self.retry(btid, peer)
+            self.retry(btid, peer, reason)
         for key in [k for k in self.by_client if k[0] == peer.identity]:
             self.tasks.pop(self.by_client.pop(key), None)
         log.warning("%s lost: %s; %d task(s) it held go elsewhere",
@@ -283,18 +290,19 @@ class Broker:
             for btid in list(self.tasks):
                 self.fail(btid, "no workers are left in this run")
 
-    def retry(self, btid: int, peer: Peer) -> None:
+    def retry(self, btid: int, peer: Peer, reason: str) -> None:
         task = self.tasks.get(btid)
         if task is None:
             return
         task.attempts += 1
         task.worker = None
+        where = f"worker {peer.name} on host {peer.host} ({reason})"
         if task.flags & Flags.NO_RETRY:
-            self.fail(btid, f"its worker {peer.name} on {peer.host} died, and "
-                            "the task was submitted not to run twice")
+            self.fail(btid, f"the task was lost with {where}; it was submitted "
+                            "not to run twice, so it was not run again")
         elif task.attempts >= self.config.max_attempts:
-            self.fail(btid, f"it was tried {task.attempts} times and each time "
-                            f"its worker died, last {peer.name} on {peer.host}")
+            self.fail(btid, f"the task was tried {task.attempts} times and each "
+                            f"time its worker died; last {where}")
         else:
             self.queue.appendleft(btid)
 
@@ -306,12 +314,13 @@ class Broker:
                       payload=[why.encode()])
 
     def shutdown(self, reason: str) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
         log.info("stopping: %s", reason)
         for peer in self.peers.values():
             self.send(peer.identity, Msg.SHUTDOWN, reason)
             if peer.heartbeat:
                 self.send(peer.heartbeat, Msg.SHUTDOWN, reason)
-        self.listener.close(linger_ms=500)
+        self.listener.close(linger_ms=200)
         self.ctx.term()
 
 

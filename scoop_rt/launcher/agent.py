@@ -20,6 +20,7 @@ import threading
 import time
 
 from . import output, spawn
+from .watch import WorkerWatch
 
 _POLL = 0.2
 
@@ -42,11 +43,19 @@ def main() -> None:
         spawn.write_close(proc.stdin, json.dumps(worker_boot).encode())
         workers.append(proc)
     forwarder.start()
+    first = boot["workers"][0] if boot["workers"] else None
+    watch = None
+    if first:
+        watch = WorkerWatch(first["endpoint"], first["keys"],
+                            [(b["name"], p) for b, p in zip(boot["workers"], workers)])
+        watch.start()
     launcher_gone = threading.Event()
     threading.Thread(target=_watch_stdin, args=(launcher_gone,), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: launcher_gone.set())
     while not launcher_gone.is_set() and any(p.poll() is None for p in workers):
         launcher_gone.wait(_POLL)
+    if watch is not None:
+        watch.stop()
     if launcher_gone.is_set():
         grace = time.monotonic() + 1.0
         while any(p.poll() is None for p in workers) and time.monotonic() < grace:

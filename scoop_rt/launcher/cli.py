@@ -174,6 +174,14 @@ def _ssh_options(args: argparse.Namespace) -> SSHOptions:
 
 def main(argv: list | None = None) -> int:
     try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("scoop_rt: interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _main(argv: list | None) -> int:
+    try:
         argv = sys.argv[1:] if argv is None else argv
         args = parser().parse_args(_join_hosts(argv))
         config = from_environment()
@@ -282,10 +290,11 @@ def _dry_run(resolved, total, remote_names, options, script, args) -> str:
 
 def launch(spec: RunSpec, remote: dict | None = None) -> int:
     run = Run(spec, remote)
-    # Ctrl-C reaches the origin from the terminal; the script decides what it
-    # means. A SIGTERM (a batch scheduler's walltime) is passed on to it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: run.terminate(signum))
+    # Ctrl-C and SIGTERM (a batch scheduler's walltime) go to the origin, which
+    # stops the script and so the run; the origin ignores a second Ctrl-C, so
+    # the terminal's copy and ours count as one.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: run.terminate(signum))
     try:
         run.start()
         return run.wait()

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from .. import __version__, transport
 from ..config import Config
 from . import output, spawn
+from .watch import WorkerWatch
 
 log = logging.getLogger("scoop_rt")
 
 BROKER_START_TIMEOUT = 30.0
+STOP_TIMEOUT = 4.0  # seconds the script gets to stop after Ctrl-C or SIGTERM
 
 
 class LaunchError(Exception):
@@ -63,6 +65,8 @@ class Run:
         self.origin: subprocess.Popen | None = None
         self.forwarder = output.Forwarder()
         self._stopped = False
+        self._signal: tuple | None = None  # (signum, when) of a stop signal
+        self.watch: WorkerWatch | None = None
 
     # -- start ----------------------------------------------------------------
 
@@ -80,6 +84,8 @@ class Run:
         self.forwarder.start()
         self.origin, origin_pipe = self.spawner.start_origin(
             spawn.module_argv(py, "scoop_rt.origin"))
+        if self._signal:
+            self.origin.send_signal(self._signal[0])
         try:
             endpoint = self._broker_endpoint()
         except BaseException:
@@ -87,6 +93,9 @@ class Run:
             raise
         for proc, (name, _) in zip(self.workers, local):
             spawn.write_close(proc.stdin, _json(self._client_boot(endpoint, name)))
+        self.watch = WorkerWatch(endpoint, self._client_keys(),
+                                 [(name, proc) for proc, (name, _) in zip(self.workers, local)])
+        self.watch.start()
         with os.fdopen(origin_pipe, "wb") as pipe:
             pipe.write(_json(self._client_boot(endpoint, "origin")))
         for host_name, host in self.remote.items():
@@ -120,9 +129,11 @@ class Run:
                       "bind": self.spec.bind, "port_range": self.spec.port_range,
                       "parent_pid": os.getpid()})
 
+    def _client_keys(self) -> dict | None:
+        return transport.client_keys(self.keys) if self.keys else None
+
     def _client_boot(self, endpoint: str, name: str, host: str | None = None) -> dict:
-        keys = transport.client_keys(self.keys) if self.keys else None
-        return {"config": self.spec.config.to_dict(), "keys": keys,
+        return {"config": self.spec.config.to_dict(), "keys": self._client_keys(),
                 "endpoint": endpoint, "name": name, "size": self.spec.workers,
                 "script": self.spec.script, "argv": self.spec.argv,
                 "host": host or socket.gethostname(),
@@ -145,11 +156,28 @@ class Run:
     # -- wait and stop --------------------------------------------------------
 
     def wait(self) -> int:
-        """Wait for the origin; the run's exit code (the script's)."""
-        return spawn.exit_status(self.origin.wait())
+        """Wait for the origin; the run's exit code (the script's).
+
+        After a stop signal the script gets ``STOP_TIMEOUT`` seconds to end;
+        then the origin is killed and the code is the signal's (128 + n).
+        """
+        while True:
+            try:
+                return spawn.exit_status(self.origin.wait(timeout=0.1))
+            except subprocess.TimeoutExpired:
+                pass
+            if self._signal and time.monotonic() > self._signal[1] + STOP_TIMEOUT:
+                log.error("the script did not stop within %g s of %s; killing it",
+                          STOP_TIMEOUT, signal.Signals(self._signal[0]).name)
+                self.origin.kill()
+                self.origin.wait()
+                return 128 + self._signal[0]
 
     def terminate(self, signum: int = signal.SIGTERM) -> None:
-        """Pass a stop signal on to the origin (the script decides)."""
+        """Pass a stop signal on to the origin: the script stops, and so does
+        the run. A signal that comes before the origin exists waits for it."""
+        if self._signal is None:
+            self._signal = (signum, time.monotonic())
         if self.origin is not None and self.origin.poll() is None:
             self.origin.send_signal(signum)
 
@@ -158,12 +186,15 @@ class Run:
         if self._stopped:
             return
         self._stopped = True
+        if self.watch is not None:
+            self.watch.stop()
         grace = self.spec.config.shutdown_grace
         deadline = time.monotonic() + grace
         procs = [p for p in [self.origin, self.broker, *self.workers] if p]
         # The broker ends the run on the origin's goodbye; if the origin left
         # without one (killed), the broker hears it from us instead.
-        if self.broker is not None and not _wait_all([self.broker], 0.3):
+        killed = self.origin is None or (self.origin.poll() or 0) < 0
+        if self.broker is not None and not _wait_all([self.broker], 0 if killed else grace / 2):
             _signal(self.broker, signal.SIGTERM)
         if not _wait_all(procs, deadline - time.monotonic()):
             for proc in procs:
