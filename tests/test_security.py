@@ -1,0 +1,218 @@
+"""Authentication and exposure: a rogue client on every port of a run, as
+root and as an unprivileged user, must not run code, read results, set
+constants or stop the run; a local run listens on loopback only."""
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import psutil
+import pytest
+
+TIMEOUT = 60
+
+# The run waits for the test's go-ahead (a file), so the attack happens while
+# it is up; then it computes, reads a constant, and prints what it got.
+VICTIM = textwrap.dedent("""\
+    import os, sys, time
+    import scoop_rt
+    from scoop_rt import futures, shared
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        shared.setConst(secret=42)
+        list(futures.map(square, range(10)))  # workers are up
+        with open(sys.argv[1] + ".tmp", "w") as f:
+            f.write(scoop_rt.BROKER.endpoint)
+        os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(sum(futures.map(square, range(100))), shared.getConst("secret"))
+    """)
+
+# Connects to each port given, plain and with made-up CURVE keys, and sends
+# every kind of message the protocol knows, with a payload whose unpickling
+# would create the marker file. Raw bytes too. Exits 0 when done.
+ROGUE = textwrap.dedent("""\
+    import os, pickle, socket, sys, time
+    import zmq
+    import scoop_rt
+    from scoop_rt import protocol
+    from scoop_rt.protocol import Msg
+
+    marker, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + marker,))
+
+    evil = [pickle.dumps(Evil())]
+    python = "%d.%d" % sys.version_info[:2]
+    # Well-formed messages, as a real client would send them.
+    script = [
+        protocol.encode(Msg.HELLO, "worker", "rogue", "rogue", 1, scoop_rt.__version__, python),
+        protocol.encode(Msg.HELLO, "origin", "rogue", "rogue", 1, scoop_rt.__version__, python),
+        protocol.encode(Msg.SUBMIT, 1, 0, payload=evil),
+        protocol.encode(Msg.SETCONST, "secret", payload=evil),
+        protocol.encode(Msg.RESULT, 1, 0, payload=evil),
+        protocol.encode(Msg.PROBE, 1, 1),
+        protocol.encode(Msg.GONE, "w0", "rogue says so"),
+        protocol.encode(Msg.GONE, "w1", "rogue says so"),
+        protocol.encode(Msg.BYE, 0),
+        [b"garbage", *evil],
+    ]
+    ctx = zmq.Context()
+    replies = []
+    for port in ports:
+        address = "tcp://127.0.0.1:%d" % port
+        for curve in (False, True):
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            if curve:  # a CURVE client with keys of its own making
+                server_public, _ = zmq.curve_keypair()
+                public, secret = zmq.curve_keypair()
+                sock.curve_serverkey = server_public
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
+            sock.connect(address)
+            for frames in script:
+                sock.send_multipart(frames)
+            deadline = time.monotonic() + 0.5
+            while sock.poll(max(0, deadline - time.monotonic()) * 1000):
+                replies.append(sock.recv_multipart())
+            sock.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(b"\\xff" * 64 + evil[0] * 10)
+            time.sleep(0.2)
+    if replies:
+        print("GOT", len(replies), "REPLIES, first:", replies[0][:2])
+        sys.exit(3)
+    print("attacked", len(ports), "ports")
+    """)
+
+
+def run_processes(launcher):
+    try:
+        return [launcher, *launcher.children(recursive=True)]
+    except psutil.Error:
+        return [launcher]
+
+
+def listening(procs):
+    found = []
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        found += [c.laddr for c in conns if c.status == psutil.CONN_LISTEN]
+    return found
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder an unprivileged user can read (pytest's tmp_path is 0700)."""
+    path = tempfile.mkdtemp(prefix="scoop_rt-security-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start_victim(folder, *extra):
+    script = os.path.join(folder, "victim.py")
+    with open(script, "w") as f:
+        f.write(VICTIM)
+    endpoint_file = os.path.join(folder, "endpoint")
+    go_file = os.path.join(folder, "go")
+    proc = subprocess.Popen([sys.executable, "-m", "scoop_rt", "-n", "2", *extra,
+                             script, endpoint_file, go_file],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT
+    while not os.path.exists(endpoint_file):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run did not come up"
+        time.sleep(0.05)
+    with open(endpoint_file) as f:
+        endpoint = f.read()
+    return proc, endpoint, go_file
+
+
+def finish(proc, go_file):
+    open(go_file, "w").close()
+    out, err = proc.communicate(timeout=TIMEOUT)
+    return proc.returncode, out, err
+
+
+def can_drop_privileges():
+    return os.geteuid() == 0 and shutil.which("setpriv") is not None
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_rogue_client_cannot_run_code_or_stop_the_run(shared_dir, user):
+    if user == "nobody" and not can_drop_privileges():
+        pytest.skip("needs root and setpriv to run the rogue client as nobody")
+    if user == "root" and os.geteuid() != 0:
+        user = "this user"
+    marker = os.path.join(shared_dir, "pwned")
+    os.chmod(shared_dir, 0o777)  # the marker could be made by nobody too
+    rogue = os.path.join(shared_dir, "rogue.py")
+    with open(rogue, "w") as f:
+        f.write(ROGUE)
+    os.chmod(rogue, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    proc, endpoint, go_file = start_victim(shared_dir)
+    try:
+        procs = run_processes(psutil.Process(proc.pid))
+        ports = sorted({addr.port for addr in listening(procs)})
+        assert str(int(endpoint.rsplit(":", 1)[1])) in map(str, ports)
+        argv = [sys.executable, rogue, marker, *map(str, ports)]
+        if user == "nobody":
+            argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                    *argv]
+        attack = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+        assert attack.returncode == 0, attack.stdout + attack.stderr
+        assert f"attacked {len(ports)} ports" in attack.stdout
+    finally:
+        code, out, err = finish(proc, go_file)
+    assert code == 0, err
+    assert out.split() == [str(sum(x * x for x in range(100))), "42"]
+    assert not os.path.exists(marker), "a rogue pickle ran"
+
+
+def test_local_run_listens_on_loopback_only(shared_dir):
+    proc, endpoint, go_file = start_victim(shared_dir)
+    try:
+        addresses = listening(run_processes(psutil.Process(proc.pid)))
+    finally:
+        code, _, err = finish(proc, go_file)
+    assert code == 0, err
+    assert addresses, "the broker should listen somewhere"
+    assert {addr.ip for addr in addresses} == {"127.0.0.1"}
+    assert endpoint.startswith("tcp://127.0.0.1:")
+
+
+def test_port_range_confines_listening_ports(shared_dir):
+    proc, endpoint, go_file = start_victim(shared_dir, "--port-range", "47310-47320")
+    try:
+        ports = {addr.port for addr in listening(run_processes(psutil.Process(proc.pid)))}
+    finally:
+        code, _, err = finish(proc, go_file)
+    assert code == 0, err
+    assert ports and all(47310 <= p <= 47320 for p in ports), ports
+
+
+@pytest.mark.parametrize("value", ["80-70", "x-y", "0-10", "70000-70001"])
+def test_bad_port_range_is_one_line(tmp_path, value):
+    script = tmp_path / "s.py"
+    script.write_text("print(1)\n")
+    proc = subprocess.run([sys.executable, "-m", "scoop_rt", "--port-range", value,
+                           str(script)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "port range" in proc.stderr
