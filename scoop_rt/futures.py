@@ -21,10 +21,11 @@ from . import client as _client
 from . import runtime as _runtime
 from .client import Future
 from .config import Config
+from .protocol import Flags
 from .errors import NoWorkersError, RemoteError, RemoteTraceback, WorkerLostError
 
 __all__ = [
-    "submit", "map", "map_as_completed", "as_completed", "wait", "shutdown",
+    "submit", "options", "map", "map_as_completed", "as_completed", "wait", "shutdown",
     "mapReduce", "map_reduce", "mapScan", "map_scan", "Future",
     "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
     "TimeoutError", "CancelledError", "RemoteError", "RemoteTraceback",
@@ -43,9 +44,35 @@ _DEFAULTS = Config()
 
 def submit(fn: Callable, *args: Any, **kwargs: Any) -> cf.Future:
     """Schedule ``fn(*args, **kwargs)`` on a worker; its Future."""
+    return _submit(fn, args, kwargs, Flags.NONE)
+
+
+def _submit(fn: Callable, args: tuple, kwargs: dict, flags: Flags) -> cf.Future:
     if _shut_down:
         raise RuntimeError("cannot submit new futures after shutdown()")
-    return _runtime.get().submit_call(fn, args, kwargs)
+    return _runtime.get().submit_call(fn, args, kwargs, flags)
+
+
+class Options:
+    """Per-call settings, kept apart from the function's own arguments:
+
+        futures.options(retry=False).submit(transfer_money, account, 10)
+
+    ``retry=False``: if the worker running the task dies, the task fails with
+    ``WorkerLostError`` instead of running again elsewhere (for tasks with
+    effects that must not happen twice).
+    """
+
+    def __init__(self, retry: bool = True):
+        self.flags = Flags.NONE if retry else Flags.NO_RETRY
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> cf.Future:
+        return _submit(fn, args, kwargs, self.flags)
+
+
+def options(*, retry: bool = True) -> Options:
+    """Settings for the calls made through the returned object (see Options)."""
+    return Options(retry=retry)
 
 
 def _chunksize(rt: Any, iterables: tuple) -> int:

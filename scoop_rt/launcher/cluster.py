@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from . import hosts as hostlib
+from .. import __version__
 from .hosts import Host, HostError
 from .ssh import HostFailure, SSHHost, SSHOptions, load_config
 
@@ -99,6 +100,12 @@ def _problem(info: dict, options: SSHOptions, script: str) -> str | None:
         return (f"scoop_rt cannot be imported by {options.python} there "
                 f"({info.get('error', 'not installed')}); install it, or pass "
                 "--python-interpreter or --prolog to pick an environment with it")
+    mine = (__version__, "%d.%d" % sys.version_info[:2])
+    theirs = (info["scoop_rt"], ".".join(info["python"].split(".")[:2]))
+    if theirs != mine:
+        return (f"it runs scoop_rt {theirs[0]} on Python {theirs[1]}, but this "
+                f"run uses scoop_rt {mine[0]} on Python {mine[1]}; install the "
+                "same versions there, or pass --python-interpreter")
     if not info.get("script"):
         return (f"the script {script} is not there (or not readable); the "
                 "workers need it at the same path")

@@ -1,0 +1,321 @@
+"""Faults, through real processes killed for real: dead workers, no workers,
+killed launcher, broker or origin, signals, version mismatch, bad input."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+import zmq
+
+from scoop_rt import __version__, protocol, transport
+from scoop_rt.config import Config
+from scoop_rt.protocol import Msg
+
+TIMEOUT = 120
+
+
+def script(tmp_path, source, name="script.py"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return str(path)
+
+
+def run(*args, timeout=TIMEOUT, env=None):
+    return subprocess.run([sys.executable, "-m", "scoop_rt", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, "-m", "scoop_rt", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def role_processes(launcher_pid):
+    """{role: [psutil.Process]} for the run under ``launcher_pid``."""
+    roles = {}
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        for role in ("broker", "worker", "origin"):
+            if f"scoop_rt.{role}" in cmd:
+                roles.setdefault(role, []).append(child)
+    return roles
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def alive(procs):
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_killed_worker_tasks_run_elsewhere_once(tmp_path):
+    marker = tmp_path / "killed"
+    path = script(tmp_path, f"""
+        import os, signal, time
+        from scoop_rt import futures
+
+        def task(i):
+            if i == 5 and not os.path.exists({str(marker)!r}):
+                open({str(marker)!r}, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.01)
+            return i * 10
+
+        if __name__ == "__main__":
+            fs = [futures.submit(task, i) for i in range(20)]
+            print([f.result(timeout=60) for f in fs])
+        """)
+    proc = run("-n", 3, path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [i * 10 for i in range(20)]
+    lost = [line for line in proc.stderr.splitlines() if "lost" in line]
+    assert len(lost) == 1, proc.stderr
+    assert "killed by SIGKILL" in lost[0] and "host" in lost[0]
+
+
+def test_task_that_kills_every_worker_fails_alone(tmp_path):
+    path = script(tmp_path, """
+        import os, signal
+        from scoop_rt import futures
+
+        def deadly(x):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def fine(x):
+            return x + 1
+
+        if __name__ == "__main__":
+            bad = futures.submit(deadly, 0)
+            good = list(futures.map(fine, range(100)))
+            try:
+                bad.result(timeout=60)
+            except futures.WorkerLostError as exc:
+                print("lost:", exc)
+            print(good == list(range(1, 101)))
+        """)
+    proc = run("-n", 4, path)
+    assert proc.returncode == 0, proc.stderr
+    lost, ok = proc.stdout.splitlines()
+    assert ok == "True"
+    assert "tried 3 times" in lost and "killed by SIGKILL" in lost and "host" in lost
+
+
+def test_no_retry_option_fails_instead_of_running_twice(tmp_path):
+    counter = tmp_path / "runs"
+    path = script(tmp_path, f"""
+        import os, signal
+        from scoop_rt import futures
+
+        def once(x, retry=None):       # its own keyword 'retry' stays its own
+            with open({str(counter)!r}, "a") as f:
+                f.write("run\\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        if __name__ == "__main__":
+            f = futures.options(retry=False).submit(once, 1, retry="mine")
+            try:
+                f.result(timeout=60)
+            except futures.WorkerLostError as exc:
+                print("lost:", exc)
+        """)
+    proc = run("-n", 3, path)
+    assert proc.returncode == 0, proc.stderr
+    assert "not to run twice" in proc.stdout
+    assert counter.read_text().count("run") == 1
+
+
+def test_pending_futures_fail_when_no_worker_is_left(tmp_path):
+    path = script(tmp_path, """
+        import os, signal, time
+        from scoop_rt import futures
+
+        def suicide(x):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        if __name__ == "__main__":
+            first = [futures.submit(suicide, i) for i in range(2)]
+            futures.wait(first, timeout=30)
+            start = time.monotonic()
+            late = futures.submit(abs, -1)
+            try:
+                late.result(timeout=30)
+            except futures.NoWorkersError as exc:
+                print("failed after %.1f s: %s" % (time.monotonic() - start, exc))
+        """)
+    proc = run("-n", 2, "--", path, env={**os.environ, "SCOOP_RT_MAX_ATTEMPTS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "no workers are left" in proc.stdout
+    assert float(proc.stdout.split()[2]) < 5
+
+
+def test_chaos_map_survives_random_worker_kills(tmp_path):
+    path = script(tmp_path, """
+        import json, time
+        from scoop_rt import futures
+
+        def task(i):
+            time.sleep(0.002)
+            return 2 * i + 1
+
+        if __name__ == "__main__":
+            print("started", flush=True)
+            print(json.dumps(list(futures.map(task, range(10000)))))
+        """)
+    launcher = start("-n", 8, path)
+    try:
+        assert launcher.stdout.readline().strip() == "started"
+        rng = random.Random(1234)
+        killed = 0
+        deadline = time.monotonic() + 60
+        while killed < 6 and time.monotonic() < deadline:
+            workers = alive(role_processes(launcher.pid).get("worker", []))
+            if len(workers) <= 2:
+                break
+            time.sleep(rng.uniform(0.1, 0.3))
+            victim = rng.choice(workers)
+            try:
+                victim.kill()
+                killed += 1
+            except psutil.Error:
+                pass
+        out, err = launcher.communicate(timeout=TIMEOUT)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert killed >= 5
+    assert launcher.returncode == 0, err
+    assert json.loads(out) == [2 * i + 1 for i in range(10000)]
+    assert err.count("lost: killed by SIGKILL") == killed
+
+
+LONG_RUN = """
+    import time
+    from scoop_rt import futures
+    if __name__ == "__main__":
+        print("started", flush=True)
+        list(futures.map(time.sleep, [120] * 2))
+    """
+
+
+@pytest.mark.parametrize("victim", ["launcher", "broker", "origin"])
+def test_killing_any_part_leaves_no_orphan(tmp_path, victim):
+    launcher = start("-n", 2, script(tmp_path, LONG_RUN))
+    try:
+        assert launcher.stdout.readline().strip() == "started"
+        roles = role_processes(launcher.pid)
+        everyone = [psutil.Process(launcher.pid)] + [p for ps in roles.values() for p in ps]
+        target = psutil.Process(launcher.pid) if victim == "launcher" else roles[victim][0]
+        target.kill()
+        gone, still = psutil.wait_procs(everyone, timeout=30)
+        assert not alive(still), [p.cmdline() for p in alive(still)]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("signum, code, words", [
+    (signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_stop_signals(tmp_path, signum, code, words):
+    launcher = start("-n", 2, script(tmp_path, LONG_RUN))
+    try:
+        assert launcher.stdout.readline().strip() == "started"
+        everyone = [p for ps in role_processes(launcher.pid).values() for p in ps]
+        sent = time.monotonic()
+        launcher.send_signal(signum)
+        launcher.wait(timeout=30)
+        took = time.monotonic() - sent
+        gone, still = psutil.wait_procs(everyone, timeout=5)
+        err = launcher.stderr.read()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        launcher.communicate(timeout=30)
+    assert launcher.returncode == code
+    assert took < 5
+    assert not alive(still)
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert "Traceback" not in err
+
+
+def test_mismatched_version_is_refused_naming_both(tmp_path):
+    """A client claiming another version is refused by a real broker."""
+    config = Config(heartbeat_interval=0.5)
+    keys = transport.make_keys()
+    boot = {"config": config.to_dict(), "keys": keys, "version": __version__,
+            "size": 1, "bind": "127.0.0.1"}
+    broker = subprocess.Popen([sys.executable, "-m", "scoop_rt.broker"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    ctx = zmq.Context()
+    try:
+        broker.stdin.write(json.dumps(boot).encode())
+        broker.stdin.close()
+        endpoint = json.loads(broker.stdout.readline())["endpoint"]
+        sock = transport.connect_dealer(ctx, endpoint, transport.client_keys(keys), b"w9")
+        sock.send_multipart(protocol.encode(Msg.HELLO, "worker", "w9", "elsewhere", 1,
+                                            "0.0.1", "2.7"))
+        assert sock.poll(10_000), "no answer to HELLO"
+        msg = protocol.decode(sock.recv_multipart())
+        sock.close()
+    finally:
+        ctx.term()
+        broker.terminate()
+        broker.wait(timeout=30)
+    assert msg.type == Msg.REFUSED
+    assert "0.0.1" in msg.fields.reason and "2.7" in msg.fields.reason
+    assert __version__ in msg.fields.reason
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-n", "0"], "0 workers"),
+    (["-n", "-3"], "-3 workers"),
+    (["-n", "two"], "'two' is not a whole number"),
+    (["--hostfile", "/no/such/hosts"], "hostfile '/no/such/hosts' not found"),
+])
+def test_bad_input_is_one_line(tmp_path, args, words):
+    path = script(tmp_path, "print('never')\n")
+    proc = run(*args, path)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
+
+
+def test_missing_script_and_unreadable_hostfile(tmp_path):
+    proc = run("-n", 2, tmp_path / "nope.py")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "nope.py" in proc.stderr and "not found" in proc.stderr
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"\xff\xfe\x00bad")
+    proc = run("--hostfile", hosts, script(tmp_path, "print(1)\n"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "cannot be read" in proc.stderr
+
+
+def test_syntax_error_shows_the_scripts_own_error(tmp_path):
+    proc = run("-n", 2, script(tmp_path, "def broken(:\n    pass\n"))
+    assert proc.returncode == 1
+    assert "SyntaxError" in proc.stderr and "script.py" in proc.stderr
+    assert "scoop_rt/" not in proc.stderr  # no frame of ours
