@@ -31,6 +31,11 @@ def scoop_rt(workers: int) -> List[str]:
     return [sys.executable, "-m", "scoop_rt", "-n", str(workers)]
 
 
+def scoop_rt_noauth(workers: int) -> List[str]:
+    """This project with socket security off, to show what authentication costs."""
+    return ["env", "SCOOP_RT_SECURE=0", *scoop_rt(workers)]
+
+
 def multiprocessing_pool(workers: int) -> List[str]:
     """A plain script; the script opens multiprocessing.Pool(workers) itself."""
     return [sys.executable]
@@ -44,6 +49,7 @@ def scoop(workers: int) -> List[str]:
 
 PEERS = {peer.name: peer for peer in (
     Peer("scoop_rt", "scoop_rt", scoop_rt),
+    Peer("scoop_rt_noauth", "scoop_rt, no auth", scoop_rt_noauth),
     Peer("mp", "multiprocessing", multiprocessing_pool),
     Peer("scoop", "SCOOP 0.7.2", scoop),
 )}

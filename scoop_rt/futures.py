@@ -75,13 +75,9 @@ def options(*, retry: bool = True) -> Options:
     return Options(retry=retry)
 
 
-def _chunksize(rt: Any, iterables: tuple) -> int:
-    """Calls per task for a map: a few chunks per worker when the input's
-    length is known, so workers share the load; one call otherwise."""
+def _known_length(iterables: tuple) -> int | None:
     lengths = [operator.length_hint(it, -1) for it in iterables]
-    if not lengths or min(lengths) < 0:
-        return 1
-    return max(1, math.ceil(min(lengths) / (rt.size * 4)))
+    return None if not lengths or min(lengths) < 0 else min(lengths)
 
 
 def _window(rt: Any) -> int:
@@ -91,22 +87,52 @@ def _window(rt: Any) -> int:
 
 
 class _Feeder:
-    """Reads a map's input lazily and keeps a bounded number of chunks in flight."""
+    """Reads a map's input lazily and keeps a bounded number of chunks in flight.
+
+    Calls per chunk: when the input's length is known, enough for a few
+    chunks per worker, so workers share the load; otherwise the size adapts,
+    starting at one call and doubling while chunks come back within
+    ``FAST`` seconds, halving when they take over ``SLOW``.
+    """
+
+    FAST, SLOW, LARGEST = 0.05, 0.5, 4096
 
     def __init__(self, fn: Callable, iterables: tuple, chunksize: int | None):
         if _shut_down:
             raise RuntimeError("cannot submit new futures after shutdown()")
         self.rt = _runtime.get()
         self.fn = fn
-        size = chunksize or _chunksize(self.rt, iterables)
-        calls = zip(*iterables)
-        self.chunks = iter(lambda: list(itertools.islice(calls, size)), [])
+        length = _known_length(iterables)
+        self.adaptive = chunksize is None and length is None
+        if chunksize is not None:
+            self.size = max(1, int(chunksize))
+        elif length is not None:
+            self.size = max(1, math.ceil(length / (self.rt.size * 4)))
+        else:
+            self.size = 1
+        self.calls = zip(*iterables)
         self.window = _window(self.rt)
 
     def fill(self, inflight: Any, add: Callable) -> None:
         """Submit chunks until ``inflight`` holds a window's worth."""
-        for chunk in itertools.islice(self.chunks, self.window - len(inflight)):
-            add(self.rt.submit_chunk(self.fn, chunk))
+        while len(inflight) < self.window:
+            chunk = list(itertools.islice(self.calls, self.size))
+            if not chunk:
+                return
+            future = self.rt.submit_chunk(self.fn, chunk)
+            if self.adaptive:
+                future.add_done_callback(functools.partial(
+                    self._adapt, time.monotonic(), len(chunk)))
+            add(future)
+
+    def _adapt(self, started: float, calls: int, future: cf.Future) -> None:
+        if calls < self.size:
+            return  # a chunk of an older size says nothing of this one
+        took = time.monotonic() - started
+        if took < self.FAST:
+            self.size = min(self.size * 2, self.LARGEST)
+        elif took > self.SLOW:
+            self.size = max(1, self.size // 2)
 
 
 def _left(end: float | None) -> float | None:

@@ -24,7 +24,8 @@ RUNTIME = os.environ.get("BENCH_RUNTIME", "scoop_rt")
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 
 #: Runtimes whose tasks may submit futures themselves (SCOOP's API).
-FUTURES_MODULES = {"scoop_rt": "scoop_rt.futures", "scoop": "scoop.futures"}
+FUTURES_MODULES = {"scoop_rt": "scoop_rt.futures", "scoop_rt_noauth": "scoop_rt.futures",
+                   "scoop": "scoop.futures"}
 
 
 def futures_api():
@@ -73,6 +74,7 @@ class _AsyncResult:
 #: map(f, iterable) -> list and submit(f, *args) -> object with result().
 EXECUTORS = {
     "scoop_rt": _scoop_style,
+    "scoop_rt_noauth": _scoop_style,
     "scoop": _scoop_style,
     "mp": _multiprocessing_pool,
 }
