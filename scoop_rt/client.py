@@ -26,10 +26,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import zmq
 
-from . import protocol, serialization, transport
+from . import protocol, serialization, tasks, transport
 from .config import Config
-from .errors import NoWorkersError, WorkerLostError
-from .protocol import Flags, Msg, ProtocolError, Role, Status, TaskState
+from .protocol import Flags, Msg, ProtocolError, Role, TaskState
 
 log = logging.getLogger("scoop_rt")
 
@@ -350,24 +349,7 @@ class Client:
         future = self._futures.pop(msg.fields.tid, None)
         if future is None or future._settled():
             return  # cancelled here, or a stale copy of a re-run task
-        status = msg.fields.status
-        try:
-            if status == Status.OK:
-                value = serialization.loads(msg.payload)
-                future.set_result((value, None) if future._chunk else value)
-                return
-            if status == Status.ERROR:
-                exc, partial = serialization.load_error(msg.payload)
-            elif status == Status.LOST:
-                exc, partial = _lost_error(msg.payload), []
-            else:
-                raise ProtocolError(f"unknown task status {status}")
-        except Exception as err:  # an outcome that cannot be read is the task's error
-            exc, partial = err, []
-        if future._chunk:
-            future.set_result((partial or [], exc))
-        else:
-            future.set_exception(exc)
+        tasks.settle(future, future._chunk, msg.fields.status, msg.payload)
 
     def on_const(self, msg: protocol.Message) -> None:
         if msg.fields.name not in self.constants:
@@ -385,14 +367,6 @@ class Client:
 
     def on_shutdown(self, msg: protocol.Message) -> None:
         self.leave(msg.fields.reason)
-
-
-def _lost_error(payload: list) -> Exception:
-    text = b"".join(f if isinstance(f, bytes) else f.bytes for f in payload)
-    text = text.decode("utf-8", "replace")
-    if text.startswith("no workers"):
-        return NoWorkersError(text)
-    return WorkerLostError(text)
 
 
 def _version() -> str:

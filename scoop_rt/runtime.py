@@ -10,6 +10,8 @@ import sys
 import warnings
 from typing import Any, Callable, Sequence
 
+from . import serialization, tasks
+
 current: Any = None  # the Client of a launched run, set by its role
 
 
@@ -35,27 +37,18 @@ class Sequential:
 
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
                     flags: Any = None) -> cf.Future:
-        future: cf.Future = cf.Future()
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                raise
-            future.set_exception(exc)
-        return future
+        return self._run(serialization.dump_call(fn, args, kwargs), False)
 
     def submit_chunk(self, fn: Callable, calls: Sequence[tuple]) -> cf.Future:
-        values: list = []
-        error = None
-        for call in calls:
-            try:
-                values.append(fn(*call))
-            except Exception as exc:
-                error = exc
-                break
+        return self._run(serialization.dump_chunk(fn, calls), True)
+
+    def _run(self, frames: list, chunk: bool) -> cf.Future:
+        """Run a task as a worker would: from its pickled form, its outcome
+        pickled back, so arguments are copies and errors are the same."""
         future: cf.Future = cf.Future()
-        future.set_result((values, error))
+        future.set_running_or_notify_cancel()
+        status, outcome = tasks.execute(frames, "this process (no run launched)")
+        tasks.settle(future, chunk, status, outcome)
         return future
 
     def set_const(self, name: str, value: Any) -> None:

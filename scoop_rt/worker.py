@@ -14,14 +14,13 @@ there, on top of the waiting one (see ``client.Client.block_until``).
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 import threading
 
-from . import bootstrap, runtime, serialization
+from . import bootstrap, runtime, serialization, tasks
 from .config import Config
 from .client import Client, exit_now, log
-from .protocol import Msg, Role, Status
+from .protocol import Msg, Role
 
 # Nested tasks run on the stack of the tasks that wait under them: give the
 # serving thread a deep stack and Python a matching recursion limit.
@@ -52,39 +51,11 @@ class WorkerClient(Client):
         tid = msg.fields.tid
         self._depth += 1
         try:
-            status, frames = self.run(msg.payload)
+            status, frames = tasks.execute(msg.payload, self.where(),
+                                           self.script_error)
         finally:
             self._depth -= 1
         self.send(Msg.RESULT, tid, int(status), payload=frames)
-
-    def run(self, payload: list) -> tuple[Status, list]:
-        """Run one task; its outcome as (status, frames). Never raises."""
-        fn = None
-        values: list = []
-        try:
-            kind, fn, args, kwargs = serialization.loads(payload)
-            if kind == serialization.CHUNK:
-                for call in args:
-                    values.append(fn(*call))
-                result = values
-            else:
-                result = fn(*args, **kwargs)
-        except BaseException as exc:  # the task's error, SystemExit included
-            return Status.ERROR, self._error(exc, fn, values)
-        try:
-            return Status.OK, serialization.dumps(result)
-        except Exception as exc:
-            error = pickle.PicklingError(
-                f"the result of {serialization.describe(fn)}() cannot be "
-                f"sent back from {self.where()}: {exc}")
-            return Status.ERROR, serialization.dump_error(error, "")
-
-    def _error(self, exc: BaseException, fn, values: list) -> list:
-        if fn is None and self.script_error:
-            exc = RuntimeError(f"{exc} (this worker could not import the "
-                               f"script: {self.script_error})")
-        text = serialization.format_remote_traceback(exc, self.where(), skip=1)
-        return serialization.dump_error(exc, text, values)
 
     def where(self) -> str:
         return f"worker {self.name} (host {self.host}, pid {os.getpid()})"

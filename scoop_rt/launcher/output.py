@@ -17,12 +17,14 @@ _CHUNK = 65536
 
 
 class PipeSource:
-    """A local process's pipe."""
+    """A local process's pipe. ``end_line``: end a last line that has no
+    newline with one (for workers, whose lines must not run into others)."""
 
-    def __init__(self, pipe: BinaryIO, target: BinaryIO):
+    def __init__(self, pipe: BinaryIO, target: BinaryIO, end_line: bool = True):
         self.pipe = pipe
         self.target = target
         self.targets = [target]
+        self.end_line = end_line
 
     def fileno(self) -> int:
         return self.pipe.fileno()
@@ -44,6 +46,7 @@ class ChannelSource:
         self.out = out
         self.err = err
         self.targets = [out, err]
+        self.end_line = True
 
     def fileno(self) -> int:
         return self.channel.fileno()
@@ -77,8 +80,8 @@ class Forwarder(threading.Thread):
             self._selector.register(source, selectors.EVENT_READ, source)
         self._wake()
 
-    def add_pipe(self, pipe: BinaryIO, target: BinaryIO) -> None:
-        self.add(PipeSource(pipe, target))
+    def add_pipe(self, pipe: BinaryIO, target: BinaryIO, end_line: bool = True) -> None:
+        self.add(PipeSource(pipe, target, end_line))
 
     def close(self, timeout: float) -> None:
         """Stop once every source is finished, or after ``timeout``."""
@@ -125,7 +128,7 @@ class Forwarder(threading.Thread):
             for key in [k for k in self._partial if k[0] == id(source)]:
                 rest = self._partial.pop(key)
                 target = next(t for t in source.targets if id(t) == key[1])
-                _emit(target, rest + b"\n")
+                _emit(target, rest + b"\n" if source.end_line else rest)
 
 
 def _emit(target: BinaryIO, data: bytes) -> None:

@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -81,9 +82,15 @@ class Run:
             self.forwarder.add_pipe(proc.stdout, output.stdout())
             self.forwarder.add_pipe(proc.stderr, output.stderr())
             self.workers.append(proc)
-        self.forwarder.start()
         self.origin, origin_pipe = self.spawner.start_origin(
-            spawn.module_argv(py, "scoop_rt.origin"))
+            spawn.module_argv(py, "scoop_rt.origin"),
+            capture_stdout=not _is_terminal(sys.stdout),
+            capture_stderr=not _is_terminal(sys.stderr))
+        for pipe, target in ((self.origin.stdout, output.stdout()),
+                             (self.origin.stderr, output.stderr())):
+            if pipe is not None:
+                self.forwarder.add_pipe(pipe, target, end_line=False)
+        self.forwarder.start()
         if self._signal:
             self.origin.send_signal(self._signal[0])
         try:
@@ -204,6 +211,13 @@ class Run:
             spawn.kill_tree(proc)
         _wait_all(procs, 1.0)
         self.forwarder.close(timeout=1.0)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _wait_all(procs: list, timeout: float) -> bool:

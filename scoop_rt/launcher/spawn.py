@@ -51,15 +51,20 @@ class LocalSpawner(Spawner):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=self._env("worker"), start_new_session=True)
 
-    def start_origin(self, argv: Sequence[str]) -> tuple[subprocess.Popen, int]:
-        """The origin keeps the launcher's stdin, stdout and stderr. Its
-        bootstrap goes through a pipe it inherits; returns (process, the
-        pipe's writing end)."""
+    def start_origin(self, argv: Sequence[str], capture_stdout: bool,
+                     capture_stderr: bool) -> tuple[subprocess.Popen, int]:
+        """The origin keeps the launcher's stdin, and its stdout and stderr
+        where they are terminals; elsewhere they are captured, so the launcher
+        can write its lines whole among the workers'. Its bootstrap goes
+        through a pipe it inherits; returns (process, the pipe's writing end)."""
         read_end, write_end = os.pipe()
         env = self._env("origin")
         env[ENV_BOOT_FD] = str(read_end)
         try:
-            proc = subprocess.Popen(argv, pass_fds=(read_end,), env=env)
+            proc = subprocess.Popen(
+                argv, pass_fds=(read_end,), env=env,
+                stdout=subprocess.PIPE if capture_stdout else None,
+                stderr=subprocess.PIPE if capture_stderr else None)
         finally:
             os.close(read_end)
         return proc, write_end

@@ -1,0 +1,80 @@
+"""Running a task and settling its future: the two ends of a task's life,
+shared by the workers, the origin and the sequential runtime, so that a task
+behaves the same wherever it runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import pickle
+from typing import Sequence
+
+from . import serialization
+from .errors import NoWorkersError, WorkerLostError
+from .protocol import ProtocolError, Status
+
+
+def execute(payload: Sequence, where: str, script_error: str | None = None
+            ) -> tuple[Status, list]:
+    """Run the task in ``payload``; its outcome as (status, frames).
+
+    Never raises: the task's own exception (SystemExit included) becomes an
+    ERROR outcome carrying it and its traceback, headed by ``where``.
+    """
+    fn = None
+    values: list = []
+    try:
+        kind, fn, args, kwargs = serialization.loads(payload)
+        if kind == serialization.CHUNK:
+            for call in args:
+                values.append(fn(*call))
+            result = values
+        else:
+            result = fn(*args, **kwargs)
+    except BaseException as exc:  # the task's error, whatever it is
+        if fn is None and script_error:
+            exc = RuntimeError(f"{exc} (this worker could not import the "
+                               f"script: {script_error})")
+        text = serialization.format_remote_traceback(exc, where, skip=1)
+        return Status.ERROR, serialization.dump_error(exc, text, values)
+    try:
+        return Status.OK, serialization.dumps(result)
+    except Exception as exc:
+        error = pickle.PicklingError(
+            f"the result of {serialization.describe(fn)}() cannot be sent "
+            f"back from {where}: {exc}")
+        return Status.ERROR, serialization.dump_error(error, "")
+
+
+def settle(future: cf.Future, chunk: bool, status: int, payload: Sequence) -> None:
+    """Give ``future`` the outcome of its task.
+
+    A chunk's future gets ``(values, error)``: the values up to the first
+    error, and that error or None.
+    """
+    try:
+        if status == Status.OK:
+            value = serialization.loads(payload)
+            future.set_result((value, None) if chunk else value)
+            return
+        if status == Status.ERROR:
+            exc, partial = serialization.load_error(payload)
+        elif status == Status.LOST:
+            exc, partial = lost_error(payload), []
+        else:
+            raise ProtocolError(f"unknown task status {status}")
+    except Exception as err:  # an outcome that cannot be read is the task's error
+        exc, partial = err, []
+    if chunk:
+        future.set_result((partial or [], exc))
+    else:
+        future.set_exception(exc)
+
+
+def lost_error(payload: Sequence) -> Exception:
+    """The error of a task the broker gave up on (its text is the payload)."""
+    text = b"".join(f if isinstance(f, bytes) else f.bytes for f in payload)
+    text = text.decode("utf-8", "replace")
+    if text.startswith("no workers"):
+        return NoWorkersError(text)
+    return WorkerLostError(text)
