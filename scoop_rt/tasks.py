@@ -32,9 +32,8 @@ def execute(payload: Sequence, where: str, script_error: str | None = None
         else:
             result = fn(*args, **kwargs)
     except BaseException as exc:  # the task's error, whatever it is
-        if fn is None and script_error:
-            exc = RuntimeError(f"{exc} (this worker could not import the "
-                               f"script: {script_error})")
+        if fn is None:
+            exc = _explain_unpickling(exc, script_error)
         text = serialization.format_remote_traceback(exc, where, skip=1)
         return Status.ERROR, serialization.dump_error(exc, text, values)
     try:
@@ -44,6 +43,21 @@ def execute(payload: Sequence, where: str, script_error: str | None = None
             f"the result of {serialization.describe(fn)}() cannot be sent "
             f"back from {where}: {exc}")
         return Status.ERROR, serialization.dump_error(error, "")
+
+
+def _explain_unpickling(exc: BaseException, script_error: str | None) -> BaseException:
+    """A clearer error for a task that could not even be unpickled here."""
+    if script_error:
+        return RuntimeError(f"{exc} (this worker could not import the script: "
+                            f"{script_error})")
+    text = str(exc)
+    if isinstance(exc, AttributeError) and any(
+            f"module '{name}'" in text for name in serialization.SCRIPT_MODULES):
+        return AttributeError(
+            f"{text}: it exists in the script only when the script runs as "
+            "__main__ (inside 'if __name__ == \"__main__\":'?); define it at "
+            "the top level of the script so workers have it too")
+    return exc
 
 
 def settle(future: cf.Future, chunk: bool, status: int, payload: Sequence) -> None:
