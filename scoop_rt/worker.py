@@ -36,6 +36,15 @@ class WorkerClient(Client):
         self._handlers[Msg.TASK] = self.on_task
         self._depth = 0
         self.script_error: str | None = None
+        self.importing = False
+
+    def _submit(self, frames: list, label: str, chunk: bool, flags):
+        if self.importing:
+            raise RuntimeError(
+                "futures were used at the top level of the script, which every "
+                "worker runs when it imports the script; put that code under "
+                "'if __name__ == \"__main__\":'")
+        return super()._submit(frames, label, chunk, flags)
 
     def serve(self) -> None:
         """Handle messages until the broker ends the run."""
@@ -92,12 +101,15 @@ def load_script(client: WorkerClient, boot: dict) -> None:
     if not script:
         return
     module = bootstrap.script_module(script, serialization.SCRIPT_MODULE)
+    client.importing = True
     try:
         code = bootstrap.prepare_script(script, boot.get("argv", []))
         exec(code, module.__dict__)
     except BaseException as exc:  # the origin reports the script's own errors
         client.script_error = f"{type(exc).__name__}: {exc}"
         log.debug("could not import %s: %s", script, client.script_error)
+    finally:
+        client.importing = False
 
 
 if __name__ == "__main__":

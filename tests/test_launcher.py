@@ -1,0 +1,176 @@
+"""The launcher: ``python -m scoop_rt [-n N] [-v|-q] script.py [args...]``."""
+
+import ipaddress
+import json
+import os
+import sys
+
+import psutil
+
+import scoop_rt
+
+from conftest import explain, run_argv, run_scoop
+
+
+def test_script_arguments_and_exit_code(tmp_path):
+    proc = run_scoop(tmp_path, """
+        import json, sys
+        from scoop_rt import futures
+
+        def argv_here():
+            return sys.argv[1:]
+
+        if __name__ == "__main__":
+            print(json.dumps({"origin": sys.argv[1:],
+                              "worker": futures.submit(argv_here).result()}))
+            sys.exit(3)
+        """, "plain", "with space", "-n", "5", "-v", "--help", "--")
+    assert proc.returncode == 3, explain(proc)
+    expected = ["plain", "with space", "-n", "5", "-v", "--help", "--"]
+    assert json.loads(proc.stdout) == {"origin": expected, "worker": expected}
+
+
+def test_script_that_ends_normally_exits_0(tmp_path):
+    proc = run_scoop(tmp_path, """
+        from scoop_rt import futures
+        if __name__ == "__main__":
+            print(sum(futures.map(abs, [-1, -2, 3])))
+        """)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout == "6\n"
+
+
+def test_uncaught_exception_prints_traceback_and_exits_1(tmp_path):
+    proc = run_scoop(tmp_path, """
+        from scoop_rt import futures
+
+        def fail_here():
+            raise LookupError("script-failure-marker")
+
+        if __name__ == "__main__":
+            print("before", futures.submit(abs, -4).result(), flush=True)
+            fail_here()
+            print("never printed")
+        """)
+    assert proc.returncode == 1, explain(proc)
+    assert proc.stdout == "before 4\n"
+    err = proc.stderr
+    assert "Traceback (most recent call last)" in err, err
+    assert "LookupError: script-failure-marker" in err
+    assert 'raise LookupError("script-failure-marker")' in err
+    assert "script.py" in err and "in fail_here" in err
+    # The traceback is the script's: it starts in it, not in the runtime.
+    first_frame = err.split("Traceback (most recent call last):\n", 1)[1]
+    assert "script.py" in first_frame.splitlines()[0], err
+
+
+def test_help_lists_every_option(tmp_path):
+    proc = run_argv([sys.executable, "-m", "scoop_rt", "--help"], tmp_path, 30)
+    assert proc.returncode == 0, explain(proc)
+    for option in ("-n", "--workers", "-v", "--verbose", "-q", "--quiet",
+                   "--version", "--help"):
+        assert f"{option} " in proc.stdout or f"{option}," in proc.stdout, \
+            f"{option} missing from --help:\n{proc.stdout}"
+    assert "script" in proc.stdout
+    version = run_argv([sys.executable, "-m", "scoop_rt", "--version"], tmp_path, 30)
+    assert version.returncode == 0
+    assert scoop_rt.__version__ in version.stdout + version.stderr
+
+
+WORKER_PIDS = """
+    if __name__ == "__main__":
+        print(json.dumps({"size": scoop_rt.SIZE,
+                          "workers": sorted(warm_up(scoop_rt.SIZE)),
+                          "origin": os.getpid()}))
+    """
+
+
+def test_default_worker_count_is_the_cores(tmp_path):
+    proc = run_scoop(tmp_path, WORKER_PIDS, n=None, prelude=True)
+    assert proc.returncode == 0, explain(proc)
+    report = json.loads(proc.stdout)
+    cores = len(os.sched_getaffinity(0))
+    assert report["size"] == cores
+    assert len(report["workers"]) == cores
+    assert report["origin"] not in report["workers"]
+
+
+def _is_loopback(address: str) -> bool:
+    return ipaddress.ip_address(address.split("%")[0]).is_loopback
+
+
+def test_local_processes_listen_on_loopback_only(live_scoop, tmp_path):
+    go = tmp_path / "go"
+    run = live_scoop(f"""
+        if __name__ == "__main__":
+            workers = warm_up(3)
+            print("READY " + json.dumps({{"workers": sorted(workers),
+                                          "origin": os.getpid(),
+                                          "broker": scoop_rt.BROKER.endpoint}}),
+                  flush=True)
+            end = time.monotonic() + 30
+            while not os.path.exists({str(go)!r}) and time.monotonic() < end:
+                time.sleep(0.05)
+        """, launcher_args=("--workers", "3"), n=None)
+    _, line = run.expect("READY ")
+    report = json.loads(line.split(" ", 1)[1])
+    tree = run.tree()
+    pids = {p.pid for p in tree}
+    # The broker, 3 workers and the origin are local processes of the run.
+    assert set(report["workers"]) <= pids and report["origin"] in pids
+    assert len(report["workers"]) == 3
+    listening, remote = [], []
+    for p in tree:
+        try:
+            conns = p.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN:
+                listening.append((p.pid, c.laddr))
+            elif c.raddr:
+                remote.append((p.pid, c.raddr))
+    go.write_text("")
+    code = run.finish()
+    assert listening, "no process of the run listens on a socket"
+    assert all(_is_loopback(addr.ip) for _, addr in listening), listening
+    assert all(_is_loopback(addr.ip) for _, addr in remote), remote
+    host, port = report["broker"].rsplit(":", 1)
+    assert _is_loopback(host.replace("tcp://", "").strip("[]"))
+    assert int(port) in {addr.port for _, addr in listening}
+    assert code == 0, run.describe()
+
+
+def test_runtime_logs_only_on_stderr(tmp_path):
+    source = """
+        import sys
+        import scoop_rt
+        from scoop_rt import futures
+
+        def task(x):
+            print(f"task line {x}")
+            scoop_rt.logger.warning("logged by task %d", x)
+            return x
+
+        if __name__ == "__main__":
+            print(list(futures.map(task, range(4))))
+            scoop_rt.logger.warning("logged by origin")
+            print("last line")
+        """
+    expected = [f"task line {x}" for x in range(4)] + ["[0, 1, 2, 3]", "last line"]
+    verbose = run_scoop(tmp_path, source, launcher_args=("-vv",))
+    assert verbose.returncode == 0, explain(verbose)
+    assert sorted(verbose.stdout.splitlines()) == sorted(expected), explain(verbose)
+    for x in range(4):
+        assert f"logged by task {x}" in verbose.stderr
+    assert "logged by origin" in verbose.stderr
+    # -vv shows the runtime's own doings, more than the script's own lines.
+    own = [line for line in verbose.stderr.splitlines() if "logged by" not in line]
+    assert own, "-vv logged nothing of the runtime's own"
+
+    quiet = run_scoop(tmp_path, source, launcher_args=("-q",))
+    assert quiet.returncode == 0, explain(quiet)
+    assert sorted(quiet.stdout.splitlines()) == sorted(expected)
+    # -q: errors only, and a clean run has none.
+    assert quiet.stderr == "", quiet.stderr
+
