@@ -319,3 +319,22 @@ def test_syntax_error_shows_the_scripts_own_error(tmp_path):
     assert proc.returncode == 1
     assert "SyntaxError" in proc.stderr and "script.py" in proc.stderr
     assert "scoop_rt/" not in proc.stderr  # no frame of ours
+
+
+def test_workers_that_die_at_start_fail_the_futures(tmp_path):
+    path = script(tmp_path, """
+        import os
+        import scoop_rt
+        from scoop_rt import futures
+        if not scoop_rt.IS_ORIGIN:
+            os._exit(3)
+        if __name__ == "__main__":
+            try:
+                futures.submit(abs, -1).result(timeout=60)
+            except futures.NoWorkersError as exc:
+                print("failed:", exc)
+        """)
+    proc = run("-n", 2, path)
+    assert proc.returncode == 0, proc.stderr
+    assert "failed: no workers are left" in proc.stdout
+    assert proc.stderr.count("ended before it joined the run: exited with code 3") == 2

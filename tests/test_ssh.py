@@ -3,6 +3,7 @@ made by the ``ssh_hosts`` fixture (tests/sshhosts.py) and torn down after."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,3 +264,120 @@ def test_killed_launcher_leaves_nothing_on_any_host(ssh_hosts, tmp_path):
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait(timeout=10)
+
+
+def test_refused_key_is_named(ssh_hosts, tmp_path):
+    h1 = ssh_hosts.hosts[0]
+    home = ssh_hosts.make_home(tmp_path / "home")
+    key = home / ".ssh" / "id_ed25519"
+    key.unlink()
+    (home / ".ssh" / "id_ed25519.pub").unlink()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                   check=True, timeout=30)  # a key the hosts do not know
+    proc = launch(ssh_hosts, "--hosts", h1.alias, "--", write_script(tmp_path), home=home)
+    assert proc.returncode == 1
+    assert f"host {h1.alias}: ssh refused the key for root" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_broker_listens_on_the_chosen_interface_only(ssh_hosts, tmp_path):
+    h1 = ssh_hosts.hosts[0]
+    script = write_script(tmp_path, WHERE.replace(
+        'print(json.dumps({"size"', 'print(json.dumps({"endpoint": scoop_rt.BROKER.endpoint, "size"'))
+    proc = launch(ssh_hosts, "--broker-hostname", ssh_hosts.bridge_ip, "--hosts", h1.alias,
+                  "--", script)
+    result = report(proc)
+    assert workers_per_host(result) == {h1.alias: 1}
+    assert result["endpoint"].startswith(f"tcp://{ssh_hosts.bridge_ip}:")
+
+
+def test_mismatched_scoop_rt_on_a_host_is_refused_naming_both(ssh_hosts, tmp_path):
+    import scoop_rt
+    h1 = ssh_hosts.hosts[0]
+    # Another environment whose scoop_rt says it is 0.0.1.
+    other = tmp_path / "other-venv"
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv",
+                    "--without-pip", str(other)], check=True, timeout=60)
+    site = next(other.glob("lib/python*/site-packages"))
+    shutil.copytree(os.path.dirname(scoop_rt.__file__), site / "scoop_rt")
+    init = site / "scoop_rt" / "__init__.py"
+    init.write_text(init.read_text().replace(
+        f'__version__ = "{scoop_rt.__version__}"', '__version__ = "0.0.1"'))
+    # (From a folder without a scoop_rt of its own, as users run.)
+    proc = launch(ssh_hosts, "--python-interpreter", other / "bin" / "python",
+                  "--path", tmp_path, "--hosts", h1.alias, "--", write_script(tmp_path))
+    assert proc.returncode == 1
+    assert f"host {h1.alias}: it runs scoop_rt 0.0.1" in proc.stderr
+    assert f"this run uses scoop_rt {scoop_rt.__version__}" in proc.stderr
+
+
+def test_a_host_without_dependencies_is_named(ssh_hosts, tmp_path):
+    import scoop_rt
+    h1 = ssh_hosts.hosts[0]
+    other = tmp_path / "bare-venv"  # scoop_rt, but not pyzmq and the rest
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv",
+                    "--without-pip", str(other)], check=True, timeout=60)
+    site = next(other.glob("lib/python*/site-packages"))
+    shutil.copytree(os.path.dirname(scoop_rt.__file__), site / "scoop_rt")
+    proc = launch(ssh_hosts, "--python-interpreter", other / "bin" / "python",
+                  "--path", tmp_path, "--hosts", h1.alias, "--", write_script(tmp_path))
+    assert proc.returncode == 1
+    assert f"host {h1.alias}: scoop_rt's dependencies are missing" in proc.stderr
+    assert "No module named" in proc.stderr
+
+
+def test_workers_that_die_at_start_end_the_run(ssh_hosts, tmp_path):
+    """Workers that die before joining are named, and the script's futures
+    fail instead of waiting forever."""
+    h1, h2 = ssh_hosts.hosts[:2]
+    script = tmp_path / "s.py"
+    script.write_text(textwrap.dedent("""\
+        import os
+        import scoop_rt
+        from scoop_rt import futures
+        if not scoop_rt.IS_ORIGIN:
+            os._exit(3)  # every worker dies while importing the script
+        if __name__ == "__main__":
+            try:
+                futures.submit(abs, -1).result(timeout=60)
+            except futures.NoWorkersError as exc:
+                print("failed:", exc)
+        """))
+    proc = launch(ssh_hosts, "--hosts", h1.alias, h2.alias, "--", script)
+    assert proc.returncode == 0, proc.stderr
+    assert "failed: no workers are left" in proc.stdout
+    assert proc.stderr.count("ended before it joined the run: exited with code 3") == 2
+
+
+def test_a_lost_host_s_tasks_finish_elsewhere(ssh_hosts, tmp_path):
+    h1, h2 = ssh_hosts.hosts[:2]
+    script = tmp_path / "lost.py"
+    script.write_text(textwrap.dedent("""\
+        import socket, time
+        from scoop_rt import futures
+        def task(i):
+            time.sleep(0.05)
+            return i, socket.gethostname()
+        if __name__ == "__main__":
+            print("started", flush=True)
+            out = list(futures.map(task, range(200), chunksize=1))
+            print(sorted(i for i, _ in out) == list(range(200)), flush=True)
+        """))
+    env = ssh_hosts.env(SCOOP_RT_HEARTBEAT_INTERVAL="0.3", SCOOP_RT_HEARTBEAT_MISSES="3")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "scoop_rt", "--hosts", h1.alias, h2.alias, "--", str(script)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout.readline().strip() == "started"
+        time.sleep(1.0)
+        ssh_hosts.set_link(h2, up=False)  # h2 vanishes from the network
+        out, err = launcher.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        ssh_hosts.set_link(h2, up=True)
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode == 0, err
+    assert out.strip() == "True"
+    assert "w1 (host srt-h2" in err and "lost: silent" in err
+    ssh_hosts.kill_processes(h2)  # what the cut left there cannot hear the end

@@ -84,7 +84,7 @@ class Broker:
         self.by_client: dict[tuple[bytes, int], int] = {}
         self.queue: deque[int] = deque()
         self.consts: dict[str, list] = {}
-        self.had_workers = False
+        self.gone: set[str] = set()  # names of workers that died or never came
         self.stop_reason: str | None = None
         self._btids = itertools.count(1)
         self._next_watch = 0.0
@@ -162,7 +162,6 @@ class Broker:
         self.peers[identity] = peer
         if f.role == Role.WORKER.value:
             self.workers[identity] = WorkerSlots()
-            self.had_workers = True
             for name, value in self.consts.items():
                 self.send(identity, Msg.CONST, name, payload=value)
         self.send(identity, Msg.WELCOME, self.size)
@@ -172,7 +171,7 @@ class Broker:
         btid = next(self._btids)
         self.tasks[btid] = Task(identity, f.tid, f.flags, payload)
         self.by_client[identity, f.tid] = btid
-        if self.had_workers and not self.workers:
+        if self.no_workers_left():
             self.fail(btid, "no workers are left in this run")
         else:
             self.queue.append(btid)
@@ -235,6 +234,15 @@ class Broker:
         for peer in list(self.peers.values()):
             if peer.role == Role.WORKER.value and peer.name == f.name:
                 self.lost(peer, f.reason)
+                return
+        if f.name in self.gone:
+            return  # its heartbeats told already
+        # It died before it joined: one worker fewer to wait for.
+        log.warning("worker %s ended before it joined the run: %s", f.name, f.reason)
+        self.gone.add(f.name)
+        if self.no_workers_left():
+            for btid in list(self.tasks):
+                self.fail(btid, "no workers are left in this run")
 
     def on_bye(self, identity: bytes, f, payload) -> None:
         self.stop_reason = f"the script ended with code {f.code}"
@@ -272,9 +280,15 @@ class Broker:
         if os.getppid() != self.parent_pid:
             self.stop_reason = "the launcher is gone"
 
+    def no_workers_left(self) -> bool:
+        """Every worker the run was started with is gone (none are restarted)."""
+        return not self.workers and len(self.gone) >= self.size
+
     def lost(self, peer: Peer, reason: str) -> None:
         """A peer is gone: re-run what its worker held, drop what it asked for."""
         del self.peers[peer.identity]
+        if peer.role == Role.WORKER.value:
+            self.gone.add(peer.name)
         if peer.role == Role.ORIGIN.value:
             self.stop_reason = f"the origin is gone ({reason})"
             return
@@ -286,7 +300,7 @@ class Broker:
             self.tasks.pop(self.by_client.pop(key), None)
         log.warning("%s lost: %s; %d task(s) it held go elsewhere",
                     peer.describe(), reason, len(held))
-        if self.had_workers and not self.workers:
+        if self.no_workers_left():
             for btid in list(self.tasks):
                 self.fail(btid, "no workers are left in this run")
 

@@ -47,7 +47,7 @@ def main() -> None:
     watch = None
     if first:
         watch = WorkerWatch(first["endpoint"], first["keys"],
-                            [(b["name"], p) for b, p in zip(boot["workers"], workers)])
+                            [([b["name"]], p) for b, p in zip(boot["workers"], workers)])
         watch.start()
     launcher_gone = threading.Event()
     threading.Thread(target=_watch_stdin, args=(launcher_gone,), daemon=True).start()

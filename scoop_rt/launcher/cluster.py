@@ -106,6 +106,9 @@ def _problem(info: dict, options: SSHOptions, script: str) -> str | None:
         return (f"it runs scoop_rt {theirs[0]} on Python {theirs[1]}, but this "
                 f"run uses scoop_rt {mine[0]} on Python {mine[1]}; install the "
                 "same versions there, or pass --python-interpreter")
+    if info.get("error"):
+        return (f"scoop_rt's dependencies are missing for {options.python} "
+                f"there ({info['error']}); install scoop_rt with pip there")
     if not info.get("script"):
         return (f"the script {script} is not there (or not readable); the "
                 "workers need it at the same path")

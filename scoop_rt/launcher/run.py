@@ -100,15 +100,15 @@ class Run:
             raise
         for proc, (name, _) in zip(self.workers, local):
             spawn.write_close(proc.stdin, _json(self._client_boot(endpoint, name)))
-        self.watch = WorkerWatch(endpoint, self._client_keys(),
-                                 [(name, proc) for proc, (name, _) in zip(self.workers, local)])
-        self.watch.start()
+        watched = [([name], proc) for proc, (name, _) in zip(self.workers, local)]
         with os.fdopen(origin_pipe, "wb") as pipe:
             pipe.write(_json(self._client_boot(endpoint, "origin")))
         for host_name, host in self.remote.items():
             mine = [name for name, h in names if h == host_name]
             if mine:
-                self._start_remote(host, endpoint, mine)
+                watched.append((mine, self._start_remote(host, endpoint, mine)))
+        self.watch = WorkerWatch(endpoint, self._client_keys(), watched)
+        self.watch.start()
 
     def _names(self) -> list:
         """(worker name, host) for every worker, numbered over the run."""
@@ -117,7 +117,7 @@ class Run:
             names += [(f"w{len(names) + i}", host) for i in range(count)]
         return names
 
-    def _start_remote(self, host, endpoint: str, names: list) -> None:
+    def _start_remote(self, host, endpoint: str, names: list):
         port = endpoint.rsplit(":", 1)[1]
         if self.spec.tunnel:
             port = host.forward_remote_port(int(port))
@@ -129,6 +129,7 @@ class Run:
         self.forwarder.add(output.ChannelSource(agent.channel, output.stdout(),
                                                 output.stderr()))
         self.workers.append(agent)
+        return agent
 
     def _broker_boot(self) -> bytes:
         return _json({"config": self.spec.config.to_dict(), "keys": self.keys,

@@ -40,8 +40,8 @@ info = {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity"
 try:
     import scoop_rt
     info["scoop_rt"] = scoop_rt.__version__
+    import zmq, cloudpickle, psutil
 except Exception as exc:
-    info["scoop_rt"] = None
     info["error"] = "%s: %s" % (type(exc).__name__, exc)
 print(json.dumps(info))
 """

@@ -35,10 +35,12 @@ class WorkerWatch(threading.Thread):
     """Polls worker processes; reports each that exits until ``stop()``."""
 
     def __init__(self, endpoint: str, keys: dict | None, workers: list):
+        """``workers``: [(names, process)]: a worker process has one name, a
+        host agent the names of all the workers it started."""
         super().__init__(name="scoop_rt-watch", daemon=True)
         self.endpoint = endpoint
         self.keys = keys
-        self.workers = list(workers)  # [(name, Popen)]
+        self.workers = list(workers)
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -54,14 +56,15 @@ class WorkerWatch(threading.Thread):
             sock.send_multipart(protocol.encode(
                 Msg.HELLO, Role.WATCHER.value, "watcher", socket.gethostname(),
                 os.getpid(), __version__, "%d.%d" % sys.version_info[:2]))
-            watching = dict(self.workers)
+            watching = list(self.workers)
             while watching and not self._stopping.wait(_POLL):
-                for name, proc in list(watching.items()):
+                for names, proc in list(watching):
                     code = proc.poll()
                     if code is not None and not self._stopping.is_set():
-                        del watching[name]
-                        sock.send_multipart(protocol.encode(
-                            Msg.GONE, name, describe_exit(code)))
+                        watching.remove((names, proc))
+                        for name in names:
+                            sock.send_multipart(protocol.encode(
+                                Msg.GONE, name, describe_exit(code)))
         finally:
             sock.close(linger=500)
             ctx.term()
