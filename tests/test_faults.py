@@ -338,3 +338,45 @@ def test_workers_that_die_at_start_fail_the_futures(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "failed: no workers are left" in proc.stdout
     assert proc.stderr.count("ended before it joined the run: exited with code 3") == 2
+
+
+def test_silent_worker_is_declared_lost_by_heartbeats(tmp_path):
+    """A frozen worker (SIGSTOP: alive, but silent) loses its tasks to others
+    once it has missed its heartbeats."""
+    path = script(tmp_path, """
+        import os, time
+        from scoop_rt import futures
+
+        def task(i):
+            time.sleep(0.2)
+            return os.getpid()
+
+        if __name__ == "__main__":
+            print(os.getpid(), flush=True)
+            pids = list(futures.map(task, range(16), chunksize=1))
+            print(len(pids))
+        """)
+    env = {**os.environ, "SCOOP_RT_HEARTBEAT_INTERVAL": "0.2",
+           "SCOOP_RT_HEARTBEAT_MISSES": "3"}
+    launcher = subprocess.Popen([sys.executable, "-m", "scoop_rt", "-n", "2", path],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+    frozen = None
+    try:
+        launcher.stdout.readline()
+        time.sleep(0.5)
+        frozen = role_processes(launcher.pid)["worker"][0]
+        frozen.suspend()
+        out, err = launcher.communicate(timeout=TIMEOUT)
+    finally:
+        if frozen is not None:
+            try:
+                frozen.resume()
+            except psutil.Error:
+                pass
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode == 0, err
+    assert out.strip() == "16"
+    assert "lost: silent for" in err
