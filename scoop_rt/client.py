@@ -33,6 +33,7 @@ from .protocol import Flags, Msg, ProtocolError, Role, TaskState
 log = logging.getLogger("scoop_rt")
 
 _POLL_SLICE = 0.5  # longest single wait on the socket, so flags are seen
+HOLD_LIMIT = 0.005  # longest a worker keeps a child to itself (see worker.py)
 
 
 def exit_now(code: int) -> None:
@@ -101,7 +102,8 @@ class Future(cf.Future):
 
 class Heartbeat(threading.Thread):
     """Pings the broker from its own socket; ends the process when the broker
-    is gone, or has ended the run while the main thread is too busy to leave.
+    is gone, or has ended the run while the main thread is too busy to leave;
+    sends a child that a busy worker has held back for ``HOLD_LIMIT``.
 
     ``stop()`` wakes it at once through an in-process socket, so closing a
     client never waits out a heartbeat interval.
@@ -121,6 +123,10 @@ class Heartbeat(threading.Thread):
         self.join(timeout=1.0)
         self._wake.close(linger=0)
 
+    def nudge(self) -> None:
+        """Wake the thread to look at the client again (from the main thread)."""
+        self._wake.send(b"")
+
     def run(self) -> None:
         c = self.client
         interval = c.config.heartbeat_interval
@@ -131,23 +137,30 @@ class Heartbeat(threading.Thread):
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         ping = protocol.encode(Msg.PING)
-        last_heard = time.monotonic()
+        last_heard = next_ping = time.monotonic()
         try:
             while not self.stopped.is_set():
-                sock.send_multipart(ping)
-                deadline = time.monotonic() + interval
-                while (left := deadline - time.monotonic()) > 0:
-                    events = dict(poller.poll(left * 1000))
-                    if wake in events or self.stopped.is_set():
-                        return
-                    if sock not in events:
-                        break
+                now = time.monotonic()
+                if now >= next_ping:
+                    silent = now - last_heard
+                    if silent > interval * c.config.heartbeat_misses:
+                        c.on_run_over(
+                            f"the broker has not answered for {silent:.0f} s")
+                    sock.send_multipart(ping)
+                    next_ping = now + interval
+                timeout = next_ping - now
+                held = c.held_age()
+                if held is not None:
+                    timeout = min(timeout, max(0.0, HOLD_LIMIT - held))
+                events = dict(poller.poll(timeout * 1000))
+                if self.stopped.is_set():
+                    return
+                if wake in events:
+                    wake.recv()
+                if sock in events:
                     last_heard = time.monotonic()
                     self.on_message(sock.recv_multipart())
-                silent = time.monotonic() - last_heard
-                if silent > interval * c.config.heartbeat_misses:
-                    c.on_run_over(
-                        f"the broker has not answered for {silent:.0f} s")
+                c.release_held(HOLD_LIMIT)
         finally:
             sock.close(linger=0)
             wake.close(linger=0)
@@ -179,9 +192,15 @@ class Client:
         self.host = socket.gethostname()
         self.identity = f"{self.name}:{os.getpid()}:{os.urandom(4).hex()}".encode()
         self.ctx = zmq.Context()
+        # Received on by the driving thread only; sent on by start() only.
         self.sock = transport.connect_dealer(self.ctx, self.endpoint, self.keys,
                                              self.identity)
+        # Sent on by any thread, under the lock (a ZeroMQ socket must never
+        # be used by two threads at once).
+        self.tx = transport.connect_dealer(self.ctx, self.endpoint, self.keys,
+                                           protocol.sending_identity(self.identity))
         self._send_lock = threading.Lock()
+        self.welcomed = False
         self._drive_lock = threading.RLock()
         self._read_more = threading.Condition()
         self._tids = itertools.count(1)
@@ -203,10 +222,14 @@ class Client:
     # -- life cycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Introduce this process to the broker and start the heartbeat."""
-        self.send(Msg.HELLO, self.role.value, self.name, self.host, os.getpid(),
-                  _version(), "%d.%d" % sys.version_info[:2])
+        """Introduce this process to the broker, start the heartbeat, and wait
+        for the welcome: then the broker knows this client before anything
+        else it sends arrives (on another socket)."""
+        self.sock.send_multipart(protocol.encode(
+            Msg.HELLO, self.role.value, self.name, self.host, os.getpid(),
+            _version(), "%d.%d" % sys.version_info[:2]))
         self.heartbeat.start()
+        self.block_until(lambda: self.welcomed, None)
 
     def close(self) -> None:
         if self.closed:
@@ -214,7 +237,8 @@ class Client:
         self.closed = True
         if self.heartbeat.is_alive():
             self.heartbeat.stop()
-        self.sock.close(linger=1000)
+        self.tx.close(linger=1000)
+        self.sock.close(linger=0)
         self.ctx.term()
 
     def on_run_over(self, reason: str) -> None:
@@ -231,7 +255,7 @@ class Client:
     def send(self, msg_type: Msg, *fields: Any, payload: Sequence = ()) -> None:
         frames = protocol.encode(msg_type, *fields, payload=payload)
         with self._send_lock:
-            self.sock.send_multipart(frames, copy=False)
+            self.tx.send_multipart(frames, copy=False)
 
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
                     flags: Flags = Flags.NONE) -> Future:
@@ -246,10 +270,14 @@ class Client:
 
     def _submit(self, frames: list, label: str, chunk: bool,
                 flags: Flags) -> Future:
+        future = self._new_future(label, chunk)
+        self.send(Msg.SUBMIT, future._tid, int(flags), payload=frames)
+        return future
+
+    def _new_future(self, label: str, chunk: bool) -> Future:
         tid = next(self._tids)
         future = Future(self, tid, label, chunk)
         self._futures[tid] = future
-        self.send(Msg.SUBMIT, tid, int(flags), payload=frames)
         return future
 
     def forget(self, tid: int) -> None:
@@ -292,6 +320,9 @@ class Client:
         """
         if condition():
             return True
+        self.before_block()
+        if condition():
+            return True
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
         self.blocking(True)
         try:
@@ -313,6 +344,16 @@ class Client:
             return True
         finally:
             self.blocking(False)
+
+    def held_age(self) -> float | None:
+        """How long a child has been held back (workers only), or None."""
+        return None
+
+    def release_held(self, older_than: float) -> None:
+        """Send a child held back for longer than ``older_than`` seconds."""
+
+    def before_block(self) -> None:
+        """Called before a wait blocks (a worker runs a held child itself)."""
 
     def blocking(self, starts: bool) -> None:
         """Called when a wait begins and ends; the worker tells the broker."""
@@ -360,6 +401,7 @@ class Client:
 
     def on_welcome(self, msg: protocol.Message) -> None:
         self.size = msg.fields.size
+        self.welcomed = True
 
     def on_refused(self, msg: protocol.Message) -> None:
         log.error("%s", msg.fields.reason)

@@ -40,6 +40,12 @@ naming the exit code or signal; heartbeats catch what no watcher sees. ``PROBE``
 ``cancel`` set drops it if no worker has it yet. ``PING`` comes from a client's heartbeat socket,
 whose identity is the client's own plus ``HEARTBEAT_SUFFIX``.
 
+A client has three sockets to the broker, told apart by identity suffix: its
+main one (``HELLO``, and every message the broker sends it), a sending one
+(``SEND_SUFFIX``: every other message it sends, from any of its threads,
+under a lock), and a heartbeat one. The broker treats the sending socket as
+its owner: replies go to the main socket.
+
 Malformed input raises ``ProtocolError``, which receivers log and drop.
 """
 
@@ -53,6 +59,7 @@ from typing import Any, NamedTuple, Sequence
 VERSION = 1
 
 HEARTBEAT_SUFFIX = b"!hb"
+SEND_SUFFIX = b"!tx"
 
 
 class ProtocolError(ValueError):
@@ -231,6 +238,18 @@ def decode(frames: Sequence) -> Message:
 def heartbeat_identity(identity: bytes) -> bytes:
     """The identity of the heartbeat socket that belongs to ``identity``."""
     return identity + HEARTBEAT_SUFFIX
+
+
+def sending_identity(identity: bytes) -> bytes:
+    """The identity of the sending socket that belongs to ``identity``."""
+    return identity + SEND_SUFFIX
+
+
+def sender_owner(identity: bytes) -> bytes:
+    """The client a message came from: the owner of a sending socket."""
+    if identity.endswith(SEND_SUFFIX):
+        return identity[: -len(SEND_SUFFIX)]
+    return identity
 
 
 def heartbeat_owner(identity: bytes) -> bytes | None:

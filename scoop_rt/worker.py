@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 from . import bootstrap, runtime, serialization, tasks
 from .config import Config
@@ -29,6 +30,14 @@ RECURSION_LIMIT = 100_000
 
 
 class WorkerClient(Client):
+    """A worker's connection. Work-first for nested futures: the newest child
+    a task submits is held back; if the task then waits (it usually waits on
+    that very child), the worker runs the child itself, right there, instead
+    of sending it away and waiting for a reply. A child is sent to the broker
+    as soon as another is submitted, when the task ends, or after
+    ``HOLD_LIMIT`` seconds (by the heartbeat thread), so siblings still run
+    in parallel on other workers."""
+
     role = Role.WORKER
 
     def __init__(self, boot: dict):
@@ -37,6 +46,9 @@ class WorkerClient(Client):
         self._depth = 0
         self.script_error: str | None = None
         self.importing = False
+        self._held: tuple | None = None  # (future, frames, flags, since)
+        self._hold_lock = threading.Lock()
+        self._serving = threading.get_ident()
 
     def _submit(self, frames: list, label: str, chunk: bool, flags):
         if self.importing:
@@ -44,10 +56,62 @@ class WorkerClient(Client):
                 "futures were used at the top level of the script, which every "
                 "worker runs when it imports the script; put that code under "
                 "'if __name__ == \"__main__\":'")
-        return super()._submit(frames, label, chunk, flags)
+        if not self._depth or threading.get_ident() != self._serving:
+            return super()._submit(frames, label, chunk, flags)
+        future = self._new_future(label, chunk)
+        with self._hold_lock:
+            previous, self._held = self._held, (future, frames, flags, time.monotonic())
+        if previous is None:
+            self.heartbeat.nudge()
+        else:
+            self._send_child(previous)
+        return future
+
+    def _take_held(self) -> tuple | None:
+        with self._hold_lock:
+            held, self._held = self._held, None
+        return held
+
+    def _send_child(self, held: tuple) -> None:
+        future, frames, flags, _ = held
+        self.send(Msg.SUBMIT, future._tid, int(flags), payload=frames)
+
+    def held_age(self) -> float | None:
+        held = self._held
+        return None if held is None else time.monotonic() - held[3]
+
+    def release_held(self, older_than: float) -> None:
+        with self._hold_lock:
+            held = self._held
+            if held is None or time.monotonic() - held[3] < older_than:
+                return
+            self._held = None
+        self._send_child(held)
+
+    def before_block(self) -> None:
+        # About to wait: rather than idle, run the held child here.
+        held = self._take_held()
+        if held is None:
+            return
+        future, frames, _, _ = held
+        status, outcome = self._run(frames)
+        if self._futures.pop(future._tid, None) is not None:
+            tasks.settle(future, future._chunk, status, outcome)
+
+    def _run(self, frames: list) -> tuple:
+        """Run a task at one more level of nesting; send what it left held."""
+        self._depth += 1
+        try:
+            return tasks.execute(frames, self.where(), self.script_error)
+        finally:
+            self._depth -= 1
+            held = self._take_held()
+            if held is not None:
+                self._send_child(held)
 
     def serve(self) -> None:
         """Handle messages until the broker ends the run."""
+        self._serving = threading.get_ident()
         self.start()
         self.block_until(lambda: False, None)
 
@@ -57,14 +121,8 @@ class WorkerClient(Client):
             self.send(Msg.WAITING if starts else Msg.RESUMED)
 
     def on_task(self, msg) -> None:
-        tid = msg.fields.tid
-        self._depth += 1
-        try:
-            status, frames = tasks.execute(msg.payload, self.where(),
-                                           self.script_error)
-        finally:
-            self._depth -= 1
-        self.send(Msg.RESULT, tid, int(status), payload=frames)
+        status, frames = self._run(msg.payload)
+        self.send(Msg.RESULT, msg.fields.tid, int(status), payload=frames)
 
     def where(self) -> str:
         return f"worker {self.name} (host {self.host}, pid {os.getpid()})"

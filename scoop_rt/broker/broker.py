@@ -123,7 +123,7 @@ class Broker:
             self.handle(frames)
 
     def handle(self, frames: list) -> None:
-        identity = frames[0].bytes
+        identity = protocol.sender_owner(frames[0].bytes)
         try:
             msg = protocol.decode(frames[1:])
         except ProtocolError as exc:
