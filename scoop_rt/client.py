@@ -119,13 +119,19 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
-        self._wake.send(b"")
+        self.nudge()
         self.join(timeout=1.0)
         self._wake.close(linger=0)
 
     def nudge(self) -> None:
-        """Wake the thread to look at the client again (from the main thread)."""
-        self._wake.send(b"")
+        """Wake the thread to look at the client again (from the main thread).
+
+        Never blocks: a thread that has just left (and closed its end) needs
+        no waking."""
+        try:
+            self._wake.send(b"", zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def run(self) -> None:
         c = self.client

@@ -30,6 +30,7 @@ log = logging.getLogger("scoop_rt")
 
 BROKER_START_TIMEOUT = 30.0
 STOP_TIMEOUT = 4.0  # seconds the script gets to stop after Ctrl-C or SIGTERM
+LEAVE_TIME = 0.05   # seconds a process gets to leave once the broker is gone
 
 
 class LaunchError(Exception):
@@ -197,14 +198,16 @@ class Run:
         if self.watch is not None:
             self.watch.stop()
         grace = self.spec.config.shutdown_grace
-        deadline = time.monotonic() + grace
         procs = [p for p in [self.origin, self.broker, *self.workers] if p]
         # The broker ends the run on the origin's goodbye; if the origin left
         # without one (killed), the broker hears it from us instead.
         killed = self.origin is None or (self.origin.poll() or 0) < 0
         if self.broker is not None and not _wait_all([self.broker], 0 if killed else grace / 2):
             _signal(self.broker, signal.SIGTERM)
-        if not _wait_all(procs, deadline - time.monotonic()):
+            _wait_all([self.broker], grace / 2)
+        # The broker told every process that had joined; one still here did
+        # not hear it (it was starting, or is stuck): stop it.
+        if not _wait_all(procs, LEAVE_TIME):
             for proc in procs:
                 _signal(proc, signal.SIGTERM)
             _wait_all(procs, 0.3)

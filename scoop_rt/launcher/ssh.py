@@ -22,7 +22,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import paramiko
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 
@@ -66,7 +65,15 @@ class SSHOptions:
     pythonpath: str | None = None
 
 
-def load_config() -> paramiko.SSHConfig:
+def _paramiko():
+    """paramiko, imported when a host is first contacted: it takes a tenth
+    of a second, which a run on this machine alone need not pay."""
+    import paramiko
+    return paramiko
+
+
+def load_config():
+    paramiko = _paramiko()
     path = os.path.expanduser("~/.ssh/config")
     if os.path.exists(path):
         return paramiko.SSHConfig.from_path(path)
@@ -75,8 +82,8 @@ def load_config() -> paramiko.SSHConfig:
 
 class SSHHost:
     def __init__(self, name: str, options: SSHOptions,
-                 config: paramiko.SSHConfig | None = None):
-        entry = (config or paramiko.SSHConfig()).lookup(name)
+                 config=None):
+        entry = (config or _paramiko().SSHConfig()).lookup(name)
         self.name = name
         self.options = options
         self.hostname = entry.get("hostname", name)
@@ -85,7 +92,7 @@ class SSHHost:
         self.identities = [os.path.expanduser(p) for p in entry.get("identityfile", [])]
         known = entry.get("userknownhostsfile", "")
         self.known_hosts = [os.path.expanduser(p) for p in known.split()]
-        self.client: paramiko.SSHClient | None = None
+        self.client = None  # a paramiko.SSHClient once connected
 
     def __repr__(self) -> str:
         return f"SSHHost({self.name!r})"
@@ -94,6 +101,7 @@ class SSHHost:
 
     def connect(self) -> None:
         """Open the transport, or raise ``HostFailure`` saying why not."""
+        paramiko = _paramiko()
         client = paramiko.SSHClient()
         client.load_system_host_keys()
         for path in [SYSTEM_KNOWN_HOSTS, *self.known_hosts]:
@@ -283,7 +291,7 @@ class RemoteProcess:
         """Close the agent's stdin: it stops its workers and leaves."""
         try:
             self.channel.shutdown_write()
-        except (OSError, EOFError, paramiko.SSHException):
+        except (OSError, EOFError, _paramiko().SSHException):
             pass
 
     def kill(self) -> None:
