@@ -31,12 +31,15 @@ Who sends what:
     BYE        origin -> broker          code                           -
     SHUTDOWN   broker -> every client    reason                         -
     GONE       watcher -> broker         name, reason                   -
+    CREDIT     worker -> broker          extra                          -
 
 ``WAITING``/``RESUMED`` tell the broker that a worker's running task blocked
 on futures of its own (so the worker can take one more task meanwhile) and
 that it carries on again. A *watcher* (the launcher, or the agent on a
 remote host) sees worker processes exit and says so at once with ``GONE``,
-naming the exit code or signal; heartbeats catch what no watcher sees. ``PROBE`` asks where a submitted task stands (``TaskState``), and with
+naming the exit code or signal; heartbeats catch what no watcher sees.
+``CREDIT`` sets how many tasks a worker wants to get ahead of the one it
+runs (its prefetch), so short tasks never wait for a round trip. ``PROBE`` asks where a submitted task stands (``TaskState``), and with
 ``cancel`` set drops it if no worker has it yet. ``PING`` comes from a client's heartbeat socket,
 whose identity is the client's own plus ``HEARTBEAT_SUFFIX``.
 
@@ -84,6 +87,7 @@ class Msg(enum.IntEnum):
     BYE = 15
     SHUTDOWN = 16
     GONE = 17
+    CREDIT = 18
 
 
 class Status(enum.IntEnum):
@@ -164,6 +168,7 @@ SCHEMA: dict[Msg, tuple[tuple[str, tuple], ...]] = {
     Msg.BYE: (("code", INT),),
     Msg.SHUTDOWN: (("reason", STR),),
     Msg.GONE: (("name", STR), ("reason", STR)),
+    Msg.CREDIT: (("extra", INT),),
 }
 
 PAYLOAD = frozenset({Msg.SUBMIT, Msg.TASK, Msg.RESULT, Msg.SETCONST, Msg.CONST})

@@ -27,6 +27,10 @@ from .protocol import Msg, Role
 # serving thread a deep stack and Python a matching recursion limit.
 STACK_BYTES = 512 * 1024 * 1024
 RECURSION_LIMIT = 100_000
+# Tasks shorter than this make the worker ask for one task ahead; longer
+# than the other, it stops asking (seconds).
+PREFETCH_BELOW = 0.005
+PREFETCH_STOP_ABOVE = 0.05
 
 
 class WorkerClient(Client):
@@ -48,6 +52,7 @@ class WorkerClient(Client):
         self.importing = False
         self._held: tuple | None = None  # (future, frames, flags, since)
         self._hold_lock = threading.Lock()
+        self._prefetch = 0
         self._serving = threading.get_ident()
 
     def _submit(self, frames: list, label: str, chunk: bool, flags):
@@ -121,8 +126,23 @@ class WorkerClient(Client):
             self.send(Msg.WAITING if starts else Msg.RESUMED)
 
     def on_task(self, msg) -> None:
+        started = time.monotonic()
         status, frames = self._run(msg.payload)
         self.send(Msg.RESULT, msg.fields.tid, int(status), payload=frames)
+        self._tune_prefetch(time.monotonic() - started)
+
+    def _tune_prefetch(self, took: float) -> None:
+        """Ask for a task ahead while tasks are short, so none waits for the
+        broker's round trip; stop when they are long, so a queued task is not
+        kept from an idle worker behind a long one."""
+        wanted = self._prefetch
+        if took < PREFETCH_BELOW:
+            wanted = 1
+        elif took > PREFETCH_STOP_ABOVE:
+            wanted = 0
+        if wanted != self._prefetch:
+            self._prefetch = wanted
+            self.send(Msg.CREDIT, wanted)
 
     def where(self) -> str:
         return f"worker {self.name} (host {self.host}, pid {os.getpid()})"

@@ -3,7 +3,7 @@
 import pytest
 
 from scoop_rt import protocol
-from scoop_rt.broker.scheduling import WorkerSlots, pick_workers
+from scoop_rt.broker.scheduling import Slots
 from scoop_rt.protocol import Msg, ProtocolError
 
 
@@ -54,16 +54,33 @@ def test_heartbeat_identity_names_its_owner():
     assert protocol.heartbeat_owner(b"w0:12:ab") is None
 
 
-def test_pick_workers_spreads_over_free_slots():
-    workers = {b"a": WorkerSlots(), b"b": WorkerSlots(), b"c": WorkerSlots()}
-    workers[b"c"].running.add(1)
-    picks = pick_workers(5, workers)
-    assert sorted(picks) == [b"a", b"b"]
+def test_slots_hand_out_free_workers_in_turn():
+    slots = Slots()
+    for wid in (b"a", b"b", b"c"):
+        slots.add(wid)
+    slots.get(b"c").running.add(1)
+    taken = []
+    while (wid := slots.take()) is not None:
+        slots.get(wid).running.add(len(taken) + 10)
+        slots.changed(wid)
+        taken.append(wid)
+    assert taken == [b"a", b"b"]
 
 
-def test_pick_workers_prefers_blocked_workers_extra_slots():
-    workers = {b"a": WorkerSlots(offered=3), b"b": WorkerSlots()}
-    assert pick_workers(2, workers) == [b"a", b"a"]
-    assert sorted(pick_workers(4, workers)) == [b"a", b"a", b"a", b"b"]
-    assert pick_workers(0, workers) == []
-    assert pick_workers(3, {}) == []
+def test_blocked_and_prefetch_slots_count():
+    slots = Slots()
+    slots.add(b"a")
+    slots.get(b"a").running.add(1)
+    assert slots.take() is None
+    slots.get(b"a").blocked += 1        # its task waits on children
+    slots.changed(b"a")
+    assert slots.take() == b"a"
+    slots.get(b"a").running.add(2)
+    slots.get(b"a").prefetch = 1        # it asked for one ahead
+    slots.changed(b"a")
+    assert slots.take() == b"a"
+    slots.get(b"a").running.add(3)
+    slots.changed(b"a")
+    assert slots.take() is None
+    slots.remove(b"a")
+    assert slots.take() is None and len(slots) == 0

@@ -29,11 +29,12 @@ import zmq
 from .. import protocol, transport
 from ..config import Config
 from ..protocol import Flags, Msg, ProtocolError, Role, Status, TaskState
-from .scheduling import WorkerSlots, pick_workers
+from .scheduling import Slots
 
 log = logging.getLogger("scoop_rt")
 
 _BATCH = 2000  # messages read before the next dispatch
+MAX_PREFETCH = 4  # tasks a worker may ask to hold beyond the one it runs
 
 
 class _Stop(Exception):
@@ -79,7 +80,7 @@ class Broker:
         self.sock = self.listener.sock
         self.endpoint = self.listener.endpoint
         self.peers: dict[bytes, Peer] = {}
-        self.workers: dict[bytes, WorkerSlots] = {}
+        self.workers = Slots()
         self.tasks: dict[int, Task] = {}
         self.by_client: dict[tuple[bytes, int], int] = {}
         self.queue: deque[int] = deque()
@@ -98,6 +99,7 @@ class Broker:
             Msg.SETCONST: self.on_setconst,
             Msg.BYE: self.on_bye,
             Msg.GONE: self.on_gone,
+            Msg.CREDIT: self.on_credit,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -161,7 +163,7 @@ class Broker:
         peer = Peer(identity, f.role, f.name, f.host, f.pid)
         self.peers[identity] = peer
         if f.role == Role.WORKER.value:
-            self.workers[identity] = WorkerSlots()
+            self.workers.add(identity)
             for name, value in self.consts.items():
                 self.send(identity, Msg.CONST, name, payload=value)
         self.send(identity, Msg.WELCOME, self.size)
@@ -180,6 +182,7 @@ class Broker:
         slots = self.workers.get(identity)
         if slots is not None:
             slots.running.discard(f.tid)
+            self.workers.changed(identity)
         task = self.tasks.pop(f.tid, None)
         if task is None:
             return  # cancelled, or already answered by another attempt
@@ -191,12 +194,19 @@ class Broker:
     def on_waiting(self, identity: bytes, f, payload) -> None:
         slots = self.workers.get(identity)
         if slots is not None:
-            slots.offered += 1
+            slots.blocked += 1
+            self.workers.changed(identity)
 
     def on_resumed(self, identity: bytes, f, payload) -> None:
         slots = self.workers.get(identity)
-        if slots is not None and slots.offered > 1:
-            slots.offered -= 1
+        if slots is not None and slots.blocked > 0:
+            slots.blocked -= 1
+
+    def on_credit(self, identity: bytes, f, payload) -> None:
+        slots = self.workers.get(identity)
+        if slots is not None:
+            slots.prefetch = max(0, min(f.extra, MAX_PREFETCH))
+            self.workers.changed(identity)
 
     def on_probe(self, identity: bytes, f, payload) -> None:
         btid = self.by_client.get((identity, f.tid))
@@ -250,15 +260,18 @@ class Broker:
     # -- steps ----------------------------------------------------------------
 
     def dispatch(self) -> None:
-        if not self.queue or not self.workers:
-            return
-        for wid in pick_workers(len(self.queue), self.workers):
+        while self.queue:
+            wid = self.workers.take()
+            if wid is None:
+                return
             btid = self._next_queued()
             if btid is None:
+                self.workers.changed(wid)
                 return
             task = self.tasks[btid]
             task.worker = wid
-            self.workers[wid].running.add(btid)
+            self.workers.get(wid).running.add(btid)
+            self.workers.changed(wid)
             self.send(wid, Msg.TASK, btid, task.flags, payload=task.payload)
 
     def _next_queued(self) -> int | None:
@@ -292,7 +305,7 @@ class Broker:
         if peer.role == Role.ORIGIN.value:
             self.stop_reason = f"the origin is gone ({reason})"
             return
-        slots = self.workers.pop(peer.identity, None)
+        slots = self.workers.remove(peer.identity)
         held = sorted(slots.running) if slots else []
         for btid in held:
             self.retry(btid, peer, reason)

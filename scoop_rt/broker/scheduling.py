@@ -1,13 +1,16 @@
-"""Scheduling policy: plain functions over plain data, no sockets.
+"""Scheduling policy: plain data and small functions, no sockets.
 
 A worker offers slots: one, plus one for each of its tasks that is blocked
-waiting on futures of its own. The broker hands a queued task to a worker
-with a free slot, the one with the most free slots first, so work spreads
-evenly and a worker whose tasks are all blocked gets new work at once.
+waiting on futures of its own, plus the prefetch it asked for (a worker whose
+tasks are short asks for one task ahead, so it never waits for the broker
+between two). Queued tasks go first in, first out, to the workers with free
+slots in turn (round robin), each kept at most once in a ready line, so
+handing out a task costs the same with 2 workers or 1,000.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -15,26 +18,57 @@ from dataclasses import dataclass, field
 class WorkerSlots:
     """What the broker knows of one worker's capacity."""
 
-    offered: int = 1                          # 1 + tasks blocked on children
+    blocked: int = 0                           # its tasks waiting on children
+    prefetch: int = 0                          # tasks it asked to get ahead
     running: set = field(default_factory=set)  # broker task ids it holds
+    ready: bool = False                        # whether it is in the ready line
 
     @property
     def free(self) -> int:
-        return self.offered - len(self.running)
+        return 1 + self.blocked + self.prefetch - len(self.running)
 
 
-def pick_workers(count: int, workers: dict) -> list:
-    """Which workers get the next ``count`` queued tasks, in order.
+class Slots:
+    """Every worker's slots, and the line of those with a free one."""
 
-    ``workers`` maps a worker's id to its ``WorkerSlots``; the slots are not
-    changed. Fewer than ``count`` ids come back when slots run out.
-    """
-    free = {wid: slots.free for wid, slots in workers.items() if slots.free > 0}
-    picks = []
-    while free and len(picks) < count:
-        wid = max(free, key=free.__getitem__)
-        picks.append(wid)
-        free[wid] -= 1
-        if not free[wid]:
-            del free[wid]
-    return picks
+    def __init__(self) -> None:
+        self.workers: dict[bytes, WorkerSlots] = {}
+        self._ready: deque[bytes] = deque()
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def __contains__(self, wid: bytes) -> bool:
+        return wid in self.workers
+
+    def get(self, wid: bytes) -> WorkerSlots | None:
+        return self.workers.get(wid)
+
+    def add(self, wid: bytes) -> None:
+        self.workers[wid] = WorkerSlots()
+        self.changed(wid)
+
+    def remove(self, wid: bytes) -> WorkerSlots | None:
+        return self.workers.pop(wid, None)  # its line entry is skipped later
+
+    def changed(self, wid: bytes) -> None:
+        """Call after a worker's slots changed: it joins the line if free."""
+        slots = self.workers.get(wid)
+        if slots is not None and not slots.ready and slots.free > 0:
+            slots.ready = True
+            self._ready.append(wid)
+
+    def take(self) -> bytes | None:
+        """The next worker with a free slot, which it now uses; or None.
+
+        The caller adds the task to ``get(wid).running``, then ``changed``
+        puts the worker back in line if it has slots left."""
+        while self._ready:
+            wid = self._ready.popleft()
+            slots = self.workers.get(wid)
+            if slots is None:
+                continue
+            slots.ready = False
+            if slots.free > 0:
+                return wid
+        return None
