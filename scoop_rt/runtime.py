@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import sys
-import warnings
 from typing import Any, Callable, Sequence
 
 from . import serialization, tasks

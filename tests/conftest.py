@@ -32,6 +32,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+# Real SSH hosts (network namespaces with their own sshd) for the SSH tests.
+from sshhosts import ssh_hosts, ssh_hosts_factory  # noqa: F401
+
 TOKEN_VAR = "SCOOPRT_TESTS_TOKEN"
 LEFTOVER_GRACE = 3.0
 

@@ -14,7 +14,6 @@ from collections import Counter
 import psutil
 import pytest
 
-from sshhosts import ssh_hosts, ssh_hosts_factory  # noqa: F401  (fixtures)
 
 RUN_TIMEOUT = 90
 
@@ -31,7 +30,7 @@ WHERE = textwrap.dedent("""\
                 os.environ.get("SRT_PROLOG", ""), os.getcwd()]
 
     if __name__ == "__main__":
-        seen = [f.result() for f in [futures.submit(where, 0.5)
+        seen = [f.result() for f in [futures.submit(where, 1.0)
                                      for _ in range(scoop_rt.SIZE)]]
         seen += list(futures.map(where, [0.0] * 50))
         print(json.dumps({"size": scoop_rt.SIZE, "seen": seen}))
@@ -359,9 +358,11 @@ def test_a_lost_host_s_tasks_finish_elsewhere(ssh_hosts, tmp_path):
             time.sleep(0.05)
             return i, socket.gethostname()
         if __name__ == "__main__":
+            while len({h for _, h in futures.map(task, range(4), chunksize=1)}) < 2:
+                pass  # until both hosts take work
             print("started", flush=True)
-            out = list(futures.map(task, range(200), chunksize=1))
-            print(sorted(i for i, _ in out) == list(range(200)), flush=True)
+            out = list(futures.map(task, range(100), chunksize=1))
+            print(sorted(i for i, _ in out) == list(range(100)), flush=True)
         """))
     env = ssh_hosts.env(SCOOP_RT_HEARTBEAT_INTERVAL="0.3", SCOOP_RT_HEARTBEAT_MISSES="3")
     launcher = subprocess.Popen(
@@ -369,7 +370,7 @@ def test_a_lost_host_s_tasks_finish_elsewhere(ssh_hosts, tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert launcher.stdout.readline().strip() == "started"
-        time.sleep(1.0)
+        time.sleep(0.5)
         ssh_hosts.set_link(h2, up=False)  # h2 vanishes from the network
         out, err = launcher.communicate(timeout=RUN_TIMEOUT)
     finally:

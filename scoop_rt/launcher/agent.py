@@ -55,7 +55,7 @@ def main() -> None:
     while not launcher_gone.is_set() and any(p.poll() is None for p in workers):
         launcher_gone.wait(_POLL)
     if watch is not None:
-        watch.stop()
+        watch.stop(report_exited=not launcher_gone.is_set())
     if launcher_gone.is_set():
         grace = time.monotonic() + 1.0
         while any(p.poll() is None for p in workers) and time.monotonic() < grace:

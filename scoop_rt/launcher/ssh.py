@@ -272,8 +272,9 @@ class RemoteProcess:
     def poll(self) -> int | None:
         if self.returncode is None and (self.channel.exit_status_ready()
                                         or self.channel.closed):
-            status = self.channel.recv_exit_status() if not self.channel.closed else -1
-            self.returncode = status
+            # A channel closed without an exit status: the agent was lost.
+            self.returncode = (self.channel.recv_exit_status()
+                               if self.channel.exit_status_ready() else 255)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:

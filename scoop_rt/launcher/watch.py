@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 
 import zmq
 
@@ -20,6 +22,7 @@ from .. import __version__, protocol, transport
 from ..protocol import Msg, Role
 
 _POLL = 0.1
+AGENT_DELAY = 1.0
 
 
 def describe_exit(returncode: int) -> str:
@@ -36,14 +39,22 @@ class WorkerWatch(threading.Thread):
 
     def __init__(self, endpoint: str, keys: dict | None, workers: list):
         """``workers``: [(names, process)]: a worker process has one name, a
-        host agent the names of all the workers it started."""
+        host agent (``ssh.RemoteProcess``) the names of all the workers it
+        started. An agent's own reports on its workers say more than its
+        exit does, so its exit is reported ``AGENT_DELAY`` seconds late, and
+        only for workers the broker has not heard of yet."""
         super().__init__(name="scoop_rt-watch", daemon=True)
         self.endpoint = endpoint
         self.keys = keys
         self.workers = list(workers)
         self._stopping = threading.Event()
+        self._report_exited = False
 
-    def stop(self) -> None:
+    def stop(self, report_exited: bool = False) -> None:
+        """Stop watching; with ``report_exited``, first report every process
+        that has exited and was not reported yet (an agent whose workers all
+        ended must say so before it leaves)."""
+        self._report_exited = report_exited
         self._stopping.set()
         if self.is_alive():
             self.join(timeout=2.0)
@@ -57,14 +68,31 @@ class WorkerWatch(threading.Thread):
                 Msg.HELLO, Role.WATCHER.value, "watcher", socket.gethostname(),
                 os.getpid(), __version__, "%d.%d" % sys.version_info[:2]))
             watching = list(self.workers)
-            while watching and not self._stopping.wait(_POLL):
+            due: list = []  # (when, names, reason)
+            while (watching or due) and not self._stopping.wait(_POLL):
+                now = time.monotonic()
                 for names, proc in list(watching):
                     code = proc.poll()
-                    if code is not None and not self._stopping.is_set():
-                        watching.remove((names, proc))
-                        for name in names:
-                            sock.send_multipart(protocol.encode(
-                                Msg.GONE, name, describe_exit(code)))
+                    if code is None:
+                        continue
+                    watching.remove((names, proc))
+                    if isinstance(proc, subprocess.Popen):
+                        due.append((now, names, describe_exit(code)))
+                    else:
+                        due.append((now + AGENT_DELAY, names,
+                                    f"its host's agent ended ({describe_exit(code)})"))
+                self._send(sock, [e for e in due if e[0] <= now], due)
+            if self._report_exited:
+                due += [(0, names, describe_exit(proc.poll()))
+                        for names, proc in watching if proc.poll() is not None]
+                self._send(sock, list(due), due)
         finally:
             sock.close(linger=500)
             ctx.term()
+
+    @staticmethod
+    def _send(sock, entries: list, due: list) -> None:
+        for entry in entries:
+            due.remove(entry)
+            for name in entry[1]:
+                sock.send_multipart(protocol.encode(Msg.GONE, name, entry[2]))
