@@ -5,9 +5,14 @@ environment. When it exits, or times out, whatever is left of its process group,
 and any process that still carries the token (a broker that started a session of
 its own, say), is killed. Output goes to files rather than pipes, so that a stray
 child holding stdout open cannot delay the end of the timing.
+
+Each command also gets a temporary folder of its own as TMPDIR, removed after it:
+Ray's session folders, dask's scratch space and Open MPI's session directories
+go there instead of piling up in /tmp run after run.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -33,7 +38,15 @@ class Outcome:
 def run(argv: List[str], env: Dict[str, str], timeout: float) -> Outcome:
     """Run `argv`, timing it from launch to exit; never longer than `timeout`."""
     token = uuid.uuid4().hex
-    env = dict(env, BENCH_TOKEN=token)
+    scratch = tempfile.mkdtemp(prefix="bench-")
+    env = dict(env, BENCH_TOKEN=token, TMPDIR=scratch)
+    try:
+        return _run(argv, env, timeout, token)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(argv: List[str], env: Dict[str, str], timeout: float, token: str) -> Outcome:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,

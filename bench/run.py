@@ -1,13 +1,15 @@
 """Benchmark scoop_rt side by side with the runtimes a user would pick instead.
 
-    python bench/run.py [--quick] [--repeat R] [--peers scoop_rt,mp,scoop]
-                        [--workloads map,roundtrip,fib,startup]
+    python bench/run.py [--quick] [--repeat R] [--peers scoop_rt,mp,loky,...|all]
+                        [--workloads map,map_large,roundtrip,...]
 
 Every (workload, peer) measurement is its own command, timed from outside and
 repeated R times (interleaved across peers, so that drift of the machine hits
-all of them alike); the table shows medians. A peer or workload that fails shows
-"error" and the run goes on; the failing command's stderr tail goes to stderr.
-The table is printed and written to bench/results/latest.md and latest.json.
+all of them alike); the tables show medians and ratios. A peer that cannot be
+set up (pip failed, mpiexec missing) shows "n/a" with the reason; a command that
+fails shows "error" and the run goes on; the failing command's stderr tail goes
+to stderr. The tables are printed and written to bench/results/latest.md and
+latest.json, with a chart in latest.png when matplotlib is installed.
 See bench/README.md for what each workload measures.
 """
 
@@ -17,13 +19,15 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
+import time
 from pathlib import Path
 
+import benchvenv
+import chart
 import command
 import report
-from peers import PEERS, SUBJECT
+from peers import DESCRIPTIONS, PEERS, SUBJECT
 from suite import WORKLOADS
 
 BENCH = Path(__file__).resolve().parent
@@ -37,17 +41,22 @@ def parse_args(argv=None):
                         help="smaller sizes and 2 repeats, for a smoke test")
     parser.add_argument("--repeat", type=int,
                         help="runs per measurement (default 5, or 2 with --quick)")
-    parser.add_argument("--peers", default=",".join(PEERS),
-                        help=f"comma-separated, from {','.join(PEERS)}")
+    default_peers = ",".join(name for name, peer in PEERS.items() if peer.default)
+    parser.add_argument("--peers", default=default_peers,
+                        help=f"comma-separated, from {','.join(PEERS)}, or all "
+                             f"(default {default_peers})")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help=f"comma-separated, from {','.join(WORKLOADS)}")
     parser.add_argument("--workers", type=int, default=2,
                         help="workers per runtime (-n), default 2")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="seconds before one command is killed, default 300")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="seconds before one command is killed, default 600 "
+                             "(dask's map of 100,000 tasks takes about 200 s on 2 cores)")
     parser.add_argument("--out", type=Path, default=BENCH / "results",
-                        help="folder for latest.md and latest.json")
+                        help="folder for latest.md, latest.json and latest.png")
     args = parser.parse_args(argv)
+    if args.peers.strip() == "all":
+        args.peers = ",".join(PEERS)
     args.peers = _pick(parser, "peer", args.peers, PEERS)
     args.workloads = _pick(parser, "workload", args.workloads, WORKLOADS)
     if args.quick:
@@ -67,15 +76,30 @@ def _pick(parser, kind, names, known):
 
 
 def launchers(peers, workers):
-    """Each peer's argv prefix, or the error that kept it from being set up."""
-    prepared = {}
+    """Each peer's argv prefix, or the error that kept it from being set up;
+    and what setting each one up cost. The steps that every peer in bench/.venv
+    shares (making the venv, installing numpy) are not charged to whichever peer
+    happened to come first: they are in benchvenv.SETUPS, and in the results."""
+    prepared, setups = {}, {}
     for peer in peers:
+        print(f"setting up {peer.label} ...", file=sys.stderr, flush=True)
+        before = set(benchvenv.SETUPS)
+        start = time.perf_counter()
         try:
             prepared[peer.name] = peer.launcher(workers)
-        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-            prepared[peer.name] = error
-            print(f"{peer.name}: cannot be set up: {error}", file=sys.stderr)
-    return prepared
+            status, error = "ok", None
+        except Exception as failure:   # whatever it is, the other peers still run
+            prepared[peer.name] = failure
+            status, error = "n/a", str(failure)
+            print(f"{peer.name}: cannot be set up: {failure}", file=sys.stderr)
+        steps = [benchvenv.SETUPS[key] for key in set(benchvenv.SETUPS) - before]
+        shared = sum(step["seconds"] for step in steps if step["shared"])
+        setups[peer.name] = {
+            "status": status, "error": error,
+            "seconds": time.perf_counter() - start - shared,
+            "pip_ran": any(step["pip_ran"] for step in steps if not step["shared"]),
+        }
+    return prepared, setups
 
 
 def environment(peer, workers):
@@ -90,9 +114,11 @@ def measure(workload, peers, prepared, args):
     cells = {}
     for peer in peers:
         cell = {"workload": workload.name, "peer": peer.name, "status": "ok",
-                "runs": [], "median": {}, "error": None, "leftovers": 0}
+                "runs": [], "median": {}, "error": None, "leftovers": 0,
+                "notes": {}}   # note -> in how many runs a script reported it
         if isinstance(prepared[peer.name], Exception):
-            cell.update(status="error", error=str(prepared[peer.name]))
+            first_line = str(prepared[peer.name]).splitlines()[0]
+            cell.update(status="n/a", error=f"not set up: {first_line}")
         cells[workload.name, peer.name] = cell
     size = [] if workload.size is None else [str(workload.size)]
     for round_ in range(1, args.repeat + 1):
@@ -128,10 +154,15 @@ def record(cell, outcome, timeout):
         cell.update(status="n/a", error=metrics["unsupported"])
         return
     else:
+        for note in metrics.pop("notes", None) or []:
+            cell["notes"][note] = cell["notes"].get(note, 0) + 1
         cell["runs"].append(dict(metrics, wall_s=outcome.wall_s))
         return
-    cell.update(status="error", error=error)
     tail = outcome.stderr.splitlines()[-STDERR_TAIL:]
+    last = next((line.strip() for line in reversed(tail) if line.strip()), "")
+    if outcome.returncode not in (None, 0) and last:
+        error = f"{error}: {last[:200]}"   # a timeout's last line is just chatter
+    cell.update(status="error", error=error)
     print(f"{cell['workload']} / {cell['peer']}: {error}\n"
           f"  $ {shlex.join(outcome.argv)}\n"
           + "".join(f"  | {line}\n" for line in tail), end="", file=sys.stderr)
@@ -156,7 +187,7 @@ def progress(cell, round_, repeat):
                          if isinstance(value, float))
     else:
         shown = f"{cell['status']} ({cell['error']})"
-    print(f"[{round_}/{repeat}] {cell['workload']:<10} {cell['peer']:<9} {shown}",
+    print(f"[{round_}/{repeat}] {cell['workload']:<12} {cell['peer']:<15} {shown}",
           file=sys.stderr, flush=True)
 
 
@@ -164,7 +195,7 @@ def main(argv=None):
     args = parse_args(argv)
     info = report.machine()
     print(report.machine_line(info), flush=True)
-    prepared = launchers(args.peers, args.workers)
+    prepared, setups = launchers(args.peers, args.workers)
     cells = {}
     for workload in args.workloads:
         cells.update(measure(workload, args.peers, prepared, args))
@@ -174,24 +205,25 @@ def main(argv=None):
                   f"after {cell['workload']} commands exited; they were killed",
                   file=sys.stderr)
 
-    header, rows = report.table(cells, args.workloads, args.peers, SUBJECT, args.workers)
+    tables = report.tables(cells, args.workloads, args.peers, SUBJECT, args.workers)
     title = (f"{args.workers} workers each, median of {args.repeat} runs"
              f"{' (--quick sizes)' if args.quick else ''}")
-    print(f"\n{title}\n{report.ratio_note(SUBJECT)}\n")
-    print(report.text_table(header, rows))
-    notes = report.spread_notes(cells, args.workloads, args.peers)
-    if notes:
-        print("\nWide spread:\n" + "\n".join(f"  {note}" for note in notes))
-    write_results(args, info, title, header, rows, notes, cells)
+    notes = {
+        "peers": report.peer_notes(args.peers, DESCRIPTIONS, setups, benchvenv.SETUPS),
+        "why": report.why_notes(cells, args.workloads, args.peers),
+        "spread": report.spread_notes(cells, args.workloads, args.peers),
+        "workloads": report.workload_notes(cells, args.workloads, args.peers),
+    }
+    print(f"\n{title}\n")
+    print(report.text_report(tables, notes, SUBJECT))
+    write_results(args, info, title, tables, notes, cells, setups)
 
 
-def write_results(args, info, title, header, rows, notes, cells):
-    """bench/results/latest.md for people, latest.json for tools (and charts)."""
+def write_results(args, info, title, tables, notes, cells, setups):
+    """bench/results/latest.md for people, latest.json for tools, latest.png to look at."""
     args.out.mkdir(parents=True, exist_ok=True)
-    markdown = (f"# scoop_rt benchmark\n\n{report.machine_line(info)}\n\n{title}. "
-                f"{report.ratio_note(SUBJECT)}\n\n{report.markdown_table(header, rows)}\n"
-                + "".join(f"\n- Wide spread: {note}" for note in notes)
-                + ("\n" if notes else ""))
+    markdown = (f"# scoop_rt benchmark\n\n{report.machine_line(info)}\n\n{title}.\n\n"
+                + report.markdown_report(tables, notes, SUBJECT))
     (args.out / "latest.md").write_text(markdown)
     results = {
         "machine": info,
@@ -199,12 +231,23 @@ def write_results(args, info, title, header, rows, notes, cells):
                     "workers": args.workers, "timeout": args.timeout},
         "subject": SUBJECT,
         "peers": {peer.name: peer.label for peer in args.peers},
+        "setup": {"peers": setups, "bench_venv": benchvenv.SETUPS},
         "workloads": [dataclasses.asdict(w) for w in args.workloads],
+        "rows": tables["rows"],
         "notes": notes,
         "cells": list(cells.values()),
     }
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwritten: {args.out / 'latest.md'}, {args.out / 'latest.json'}")
+    written = [args.out / "latest.md", args.out / "latest.json"]
+    png = args.out / "latest.png"
+    try:
+        chart.draw(results, f"{report.machine_line(info)}\n{title}", png)
+        written.append(png)
+    except chart.Unavailable as why:
+        print(f"\nno chart: {why}", file=sys.stderr)
+    except Exception as failure:   # a chart is not worth losing the run's report over
+        print(f"\nno chart: drawing it failed: {failure!r}", file=sys.stderr)
+    print(f"\nwritten: {', '.join(str(path) for path in written)}")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,25 @@ WORKLOADS = {workload.name: workload for workload in (
     Workload("map", "map_noop.py", 20_000, 2_000, (
         Metric("tasks_per_s", "map of {n:,} no-op tasks", "tasks/s", HIGHER),
     )),
+    Workload("map_large", "map_noop.py", 100_000, 10_000, (
+        Metric("tasks_per_s", "map of {n:,} no-op tasks", "tasks/s", HIGHER),
+    )),
     Workload("roundtrip", "roundtrip.py", 500, 100, (
         Metric("median_us", "{n:,} sequential submit(f).result()",
                "µs per round trip, median", LOWER),
+    )),
+    Workload("as_completed", "as_completed.py", 20_000, 2_000, (
+        Metric("futures_per_s", "{n:,} submit calls, as_completed", "futures/s",
+               HIGHER),
+    )),
+    Workload("arrays", "arrays.py", 64, 8, (
+        Metric("sum_mib_s", "map(sum) over {n} arrays of 8 MiB", "MiB/s", HIGHER),
+        Metric("echo_mib_s", "map(identity) over {n} arrays of 8 MiB, round trip",
+               "MiB/s", HIGHER),
+    )),
+    Workload("cpu", "cpu.py", 200, 20, (
+        Metric("efficiency", "{n} × 20 ms CPU-bound tasks, ideal ÷ measured",
+               "efficiency, 1 is ideal", HIGHER),
     )),
     Workload("fib", "fib.py", 18, 13, (
         Metric("seconds", "fib({n}) by recursive submit", "s", LOWER),
