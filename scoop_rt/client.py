@@ -261,7 +261,7 @@ class Client:
     def send(self, msg_type: Msg, *fields: Any, payload: Sequence = ()) -> None:
         frames = protocol.encode(msg_type, *fields, payload=payload)
         with self._send_lock:
-            self.tx.send_multipart(frames, copy=False)
+            transport.send_message(self.tx, frames)
 
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
                     flags: Flags = Flags.NONE) -> Future:
@@ -376,9 +376,8 @@ class Client:
         if not self.sock.poll(timeout * 1000):
             return
         while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = transport.recv_message(self.sock)
+            if frames is None:
                 return
             try:
                 msg = protocol.decode(frames)

@@ -45,6 +45,32 @@ def _tune(sock: zmq.Socket) -> None:
     sock.rcvhwm = 0
 
 
+# pyzmq's send_multipart/recv_multipart spend most of a small message's time
+# on per-frame enum arithmetic; these do the same with plain integers.
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def send_message(sock: zmq.Socket, frames: list) -> None:
+    """Send a multipart message without copying large frames."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, _SNDMORE if i < last else 0, copy=False)
+
+
+def recv_message(sock: zmq.Socket) -> list | None:
+    """The next multipart message as ``zmq.Frame``s, or None if none waits."""
+    try:
+        frame = sock.recv(_NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
+    frames = [frame]
+    while frame.more:  # the rest of a message arrives with its first frame
+        frame = sock.recv(copy=False)
+        frames.append(frame)
+    return frames
+
+
 class Listener:
     """The broker's bound ROUTER socket, its endpoint, and its key checker."""
 
@@ -67,6 +93,9 @@ def bind_router(ctx: zmq.Context, host: str, keys: dict | None,
     """
     sock = ctx.socket(zmq.ROUTER)
     _tune(sock)
+    # Hundreds of workers (three sockets each) connect at once: the default
+    # queue of 100 pending connections drops most, and they retry seconds later.
+    sock.backlog = 4096
     auth = None
     if keys:
         from zmq.auth.thread import ThreadAuthenticator

@@ -117,12 +117,12 @@ class Broker:
     def receive(self, timeout: float) -> None:
         if not self.sock.poll(timeout * 1000):
             return
+        recv, sock, handle = transport.recv_message, self.sock, self.handle
         for _ in range(_BATCH):
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = recv(sock)
+            if frames is None:
                 return
-            self.handle(frames)
+            handle(frames)
 
     def handle(self, frames: list) -> None:
         identity = protocol.sender_owner(frames[0].bytes)
@@ -148,7 +148,7 @@ class Broker:
 
     def send(self, identity: bytes, msg_type: Msg, *fields, payload=()) -> None:
         frames = protocol.encode(msg_type, *fields, payload=payload)
-        self.sock.send_multipart([identity, *frames], copy=False)
+        transport.send_message(self.sock, [identity, *frames])
 
     # -- handlers -------------------------------------------------------------
 

@@ -171,10 +171,9 @@ class Run:
         then the origin is killed and the code is the signal's (128 + n).
         """
         while True:
-            try:
-                return spawn.exit_status(self.origin.wait(timeout=0.1))
-            except subprocess.TimeoutExpired:
-                pass
+            code = spawn.wait_quietly(self.origin, 0.5)
+            if code is not None:
+                return spawn.exit_status(code)
             if self._signal and time.monotonic() > self._signal[1] + STOP_TIMEOUT:
                 log.error("the script did not stop within %g s of %s; killing it",
                           STOP_TIMEOUT, signal.Signals(self._signal[0]).name)

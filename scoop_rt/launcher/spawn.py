@@ -8,6 +8,7 @@ scheduler's own launcher plug in behind the same ``Spawner`` interface.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -94,6 +95,28 @@ def kill_tree(proc) -> None:
         proc.kill()
     except ProcessLookupError:
         pass
+
+
+def wait_quietly(proc: subprocess.Popen, timeout: float) -> int | None:
+    """``proc.wait(timeout)``, without the busy polling ``Popen.wait`` does
+    under a timeout (it wakes dozens of times a second): on Linux the wait
+    sleeps on a pidfd. Returns the return code, or None on timeout."""
+    if proc.returncode is not None or not hasattr(os, "pidfd_open"):
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # already reaped, or no pidfd in this kernel
+        return proc.poll()
+    try:
+        select.select([fd], [], [], timeout)
+    except InterruptedError:
+        pass
+    finally:
+        os.close(fd)
+    return proc.poll()
 
 
 def exit_status(returncode: int) -> int:
