@@ -4,7 +4,6 @@ made by the ``ssh_hosts`` fixture (tests/sshhosts.py) and torn down after."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -234,7 +233,8 @@ def test_check_prints_a_table_and_fails_on_a_bad_host(ssh_hosts, tmp_path):
     assert f"{bad}  FAILED" in proc.stdout.replace("   ", "  ")
 
 
-def test_killed_launcher_leaves_nothing_on_any_host(ssh_hosts, tmp_path):
+@pytest.mark.parametrize("victim", ["launcher", "broker", "origin"])
+def test_killing_any_part_leaves_nothing_on_any_host(ssh_hosts, tmp_path, victim):
     h1, h2 = ssh_hosts.hosts[:2]
     script = tmp_path / "long.py"
     script.write_text(textwrap.dedent("""\
@@ -243,9 +243,10 @@ def test_killed_launcher_leaves_nothing_on_any_host(ssh_hosts, tmp_path):
         if __name__ == "__main__":
             list(futures.map(time.sleep, [60] * 4))
         """))
+    env = ssh_hosts.env(SCOOP_RT_HEARTBEAT_INTERVAL="0.5", SCOOP_RT_HEARTBEAT_MISSES="4")
     launcher = subprocess.Popen(
         [sys.executable, "-m", "scoop_rt", "--hosts", h1.alias, h1.alias, h2.alias,
-         h2.alias, "--", str(script)], env=ssh_hosts.env(),
+         h2.alias, "--", str(script)], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -254,15 +255,19 @@ def test_killed_launcher_leaves_nothing_on_any_host(ssh_hosts, tmp_path):
                 for h in (h1, h2)):
             time.sleep(0.1)
         local = psutil.Process(launcher.pid).children(recursive=True)
-        launcher.send_signal(signal.SIGKILL)
-        launcher.wait(timeout=10)
+        if victim == "launcher":
+            target = psutil.Process(launcher.pid)
+        else:
+            target = next(p for p in local
+                          if f"scoop_rt.{victim}" in " ".join(p.cmdline()))
+        target.kill()
         assert not nothing_left(ssh_hosts, timeout=30)
-        gone, alive = psutil.wait_procs(local, timeout=30)
+        gone, alive = psutil.wait_procs([psutil.Process(launcher.pid), *local], timeout=30)
         assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     finally:
         if launcher.poll() is None:
             launcher.kill()
-            launcher.wait(timeout=10)
+        launcher.wait(timeout=10)
 
 
 def test_refused_key_is_named(ssh_hosts, tmp_path):
