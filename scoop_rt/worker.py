@@ -137,7 +137,7 @@ class WorkerClient(Client):
         kept from an idle worker behind a long one."""
         wanted = self._prefetch
         if took < PREFETCH_BELOW:
-            wanted = 1
+            wanted = self.config.prefetch
         elif took > PREFETCH_STOP_ABOVE:
             wanted = 0
         if wanted != self._prefetch:
