@@ -177,7 +177,9 @@ class Heartbeat(threading.Thread):
         except ProtocolError as exc:
             log.warning("dropped a malformed message: %s", exc)
             return
-        if msg.type == Msg.SHUTDOWN:
+        if msg.type == Msg.NOTICE:
+            log.warning("%s", msg.fields.text)
+        elif msg.type == Msg.SHUTDOWN:
             # The main thread leaves by itself unless a task keeps it busy:
             # then leave from here.
             if not self.stopped.wait(self.client.config.shutdown_grace / 2):

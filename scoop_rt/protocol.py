@@ -32,6 +32,7 @@ Who sends what:
     SHUTDOWN   broker -> every client    reason                         -
     GONE       watcher -> broker         name, reason                   -
     CREDIT     worker -> broker          extra                          -
+    NOTICE     broker -> origin (its hb)  text                           -
 
 ``WAITING``/``RESUMED`` tell the broker that a worker's running task blocked
 on futures of its own (so the worker can take one more task meanwhile) and
@@ -39,7 +40,9 @@ that it carries on again. A *watcher* (the launcher, or the agent on a
 remote host) sees worker processes exit and says so at once with ``GONE``,
 naming the exit code or signal; heartbeats catch what no watcher sees.
 ``CREDIT`` sets how many tasks a worker wants to get ahead of the one it
-runs (its prefetch), so short tasks never wait for a round trip. ``PROBE`` asks where a submitted task stands (``TaskState``), and with
+runs (its prefetch), so short tasks never wait for a round trip. ``NOTICE``
+carries a line for the user (a worker lost, and why) to the origin, whose
+heartbeat thread logs it at once, busy script or not. ``PROBE`` asks where a submitted task stands (``TaskState``), and with
 ``cancel`` set drops it if no worker has it yet. ``PING`` comes from a client's heartbeat socket,
 whose identity is the client's own plus ``HEARTBEAT_SUFFIX``.
 
@@ -88,6 +91,7 @@ class Msg(enum.IntEnum):
     SHUTDOWN = 16
     GONE = 17
     CREDIT = 18
+    NOTICE = 19
 
 
 class Status(enum.IntEnum):
@@ -169,6 +173,7 @@ SCHEMA: dict[Msg, tuple[tuple[str, tuple], ...]] = {
     Msg.SHUTDOWN: (("reason", STR),),
     Msg.GONE: (("name", STR), ("reason", STR)),
     Msg.CREDIT: (("extra", INT),),
+    Msg.NOTICE: (("text", STR),),
 }
 
 PAYLOAD = frozenset({Msg.SUBMIT, Msg.TASK, Msg.RESULT, Msg.SETCONST, Msg.CONST})

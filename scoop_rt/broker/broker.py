@@ -248,7 +248,7 @@ class Broker:
         if f.name in self.gone:
             return  # its heartbeats told already
         # It died before it joined: one worker fewer to wait for.
-        log.warning("worker %s ended before it joined the run: %s", f.name, f.reason)
+        self.notify(f"worker {f.name} ended before it joined the run: {f.reason}")
         self.gone.add(f.name)
         if self.no_workers_left():
             for btid in list(self.tasks):
@@ -311,11 +311,21 @@ class Broker:
             self.retry(btid, peer, reason)
         for key in [k for k in self.by_client if k[0] == peer.identity]:
             self.tasks.pop(self.by_client.pop(key), None)
-        log.warning("%s lost: %s; %d task(s) it held go elsewhere",
-                    peer.describe(), reason, len(held))
+        self.notify(f"{peer.describe()} lost: {reason}; {len(held)} task(s) "
+                    "it held go elsewhere")
         if self.no_workers_left():
             for btid in list(self.tasks):
                 self.fail(btid, "no workers are left in this run")
+
+    def notify(self, text: str) -> None:
+        """Tell the user through the origin, whose heartbeat thread logs it
+        at once; the broker logs it itself while there is no origin yet."""
+        origin = next((p for p in self.peers.values()
+                       if p.role == Role.ORIGIN.value and p.heartbeat), None)
+        if origin is None:
+            log.warning("%s", text)
+        else:
+            self.send(origin.heartbeat, Msg.NOTICE, text)
 
     def retry(self, btid: int, peer: Peer, reason: str) -> None:
         task = self.tasks.get(btid)
