@@ -380,3 +380,14 @@ def test_silent_worker_is_declared_lost_by_heartbeats(tmp_path):
     assert launcher.returncode == 0, err
     assert out.strip() == "16"
     assert "lost: silent for" in err
+
+
+@pytest.mark.parametrize("name, words", [
+    ("0.0.0.0", "not an address the hosts can connect to"),
+    ("no-such-host.invalid", "does not resolve"),
+])
+def test_bad_broker_hostname_is_one_line(tmp_path, name, words):
+    proc = run("--broker-hostname", name, script(tmp_path, "print('never')\n"))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr

@@ -187,6 +187,7 @@ def _main(argv: list | None) -> int:
         config = from_environment()
         config.verbosity = -1 if args.quiet else args.verbose or config.verbosity
         script = _check_script(args.script)
+        _check_broker_hostname(args.broker_hostname)
         resolved = cluster.resolve(args.hostfile, args.hosts, os.environ)
     except (UsageError, HostError, ValueError) as exc:
         print(f"scoop_rt: error: {exc}", file=sys.stderr)
@@ -223,6 +224,19 @@ def _main(argv: list | None) -> int:
         return launch(spec, contacted.hosts)
     finally:
         contacted.close()
+
+
+def _check_broker_hostname(name: str | None) -> None:
+    """The name must be one the hosts can connect to: not a wildcard."""
+    if name is None:
+        return
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        raise UsageError(f"--broker-hostname {name!r} does not resolve") from None
+    if ipaddress.ip_address(address).is_unspecified:
+        raise UsageError(f"--broker-hostname {name} is not an address the hosts can "
+                         "connect to; give this machine's name or address as they see it")
 
 
 def _addresses(args: argparse.Namespace, contacted: cluster.Contacted) -> tuple:
