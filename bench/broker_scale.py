@@ -1,7 +1,7 @@
 """How many tasks a second one broker dispatches, to 1 .. 1,000 workers.
 
     python bench/broker_scale.py [--quick] [--workers 1,10,100,1000]
-                                 [--tasks 10000,100000] [--prefetch 0,1]
+                                 [--tasks 10000,100000] [--prefetch 0,32]
                                  [--security on,off] [--drivers D] [--repeat R]
 
 Starts a real broker (``python -m scoop_rt.broker``, with the bootstrap the
@@ -66,9 +66,8 @@ BROKER_START_TIMEOUT = 30.0
 TASK_PAYLOAD = b"task"      # a few opaque bytes: the broker never looks inside
 RESULT_PAYLOAD = b"ok"
 
-# Fixed frames, spelled by the protocol module once and reused per message.
-TASK_HEAD = protocol.encode(Msg.TASK, 0, 0)[0]
-RESULT_HEAD, _, STATUS_OK = protocol.encode(Msg.RESULT, 0, int(Status.OK))
+BATCH = 64                  # tasks per SUBMIT, as a real client's BATCH_MAX
+
 PING = protocol.encode(Msg.PING)
 
 
@@ -177,11 +176,12 @@ def driver(conn, endpoint: str, keys: dict | None, index: int, names: list,
                     conn.send(("stopped",))
                     return
                 continue
-            frames = sock.recv_multipart()
-            if frames[0] == TASK_HEAD:
-                tx_of[sock].send_multipart(
-                    [RESULT_HEAD, frames[1], STATUS_OK, RESULT_PAYLOAD])
-                answered += 1
+            msg = protocol.decode(sock.recv_multipart(copy=False))
+            if msg.type == Msg.TASK:
+                outcomes = [(tid, int(Status.OK), [RESULT_PAYLOAD])
+                            for tid, _, _ in protocol.split_batch(msg)]
+                tx_of[sock].send_multipart(protocol.encode_batch(Msg.RESULT, outcomes))
+                answered += len(outcomes)
             # CONST, SHUTDOWN: nothing to do; the broker's end is ours to see.
         pinger.tick()
 
@@ -216,8 +216,10 @@ class Origin:
         """Submit ``tasks`` tasks, at most ``window`` unanswered; time them."""
         first = self.next_tid
         self.next_tid += tasks
-        submits = [protocol.encode(Msg.SUBMIT, tid, 0, payload=[TASK_PAYLOAD])
-                   for tid in range(first, first + tasks)]
+        submits = [protocol.encode_batch(
+            Msg.SUBMIT, [(tid, 0, [TASK_PAYLOAD])
+                         for tid in range(start, min(start + BATCH, first + tasks))])
+            for start in range(first, first + tasks, BATCH)]
         seen = bytearray(tasks)
         main, tx, pinger = self.main, self.tx, self.pinger
         sent = done = 0
@@ -225,23 +227,24 @@ class Origin:
         deadline = time.monotonic() + timeout
         while done < tasks:
             while sent < tasks and sent - done < window:
-                tx.send_multipart(submits[sent])
-                sent += 1
+                tx.send_multipart(submits[sent // BATCH])
+                sent = min(tasks, sent + BATCH)
             if main.poll(100):
                 for _ in range(window):
                     try:
-                        frames = main.recv_multipart(zmq.NOBLOCK)
+                        frames = main.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    if frames[0] != RESULT_HEAD:
+                    msg = protocol.decode(frames)
+                    if msg.type != Msg.RESULT:
                         continue
-                    if frames[2] != STATUS_OK:
-                        raise BenchError(
-                            f"a task failed: {protocol.decode(frames).payload!r}")
-                    tid = int.from_bytes(frames[1], "big", signed=True) - first
-                    if 0 <= tid < tasks and not seen[tid]:
-                        seen[tid] = 1
-                        done += 1
+                    for tid, status, payload in protocol.split_batch(msg):
+                        if status != Status.OK:
+                            raise BenchError(f"a task failed: {payload!r}")
+                        tid -= first
+                        if 0 <= tid < tasks and not seen[tid]:
+                            seen[tid] = 1
+                            done += 1
             pinger.tick()
             if time.monotonic() > deadline:
                 raise BenchError(f"{tasks - done} of {tasks} tasks unanswered "
@@ -645,7 +648,7 @@ def parse_args(argv=None):
                    help="simulated workers, comma-separated (default 1,10,100,1000)")
     p.add_argument("--tasks", type=_ints,
                    help="tasks per measurement (default 10000,100000)")
-    p.add_argument("--prefetch", type=_ints, default=[0, 1],
+    p.add_argument("--prefetch", type=_ints, default=[0, 32],
                    help="CREDIT the workers ask for (default 0,1)")
     p.add_argument("--security", default="on,off",
                    help="on, off, or on,off (default): CURVE on the broker's socket")

@@ -34,6 +34,16 @@ log = logging.getLogger("scoop_rt")
 
 _POLL_SLICE = 0.5  # longest single wait on the socket, so flags are seen
 HOLD_LIMIT = 0.005  # longest a worker keeps a child to itself (see worker.py)
+# Tasks (and a worker's outcomes) travel in batches: up to BATCH_MAX of them,
+# or BATCH_BYTES of payload, in one message. A batch is sent when full, when
+# this process is about to wait, or BATCH_DELAY seconds after its first entry
+# (by the heartbeat thread). A submit that comes after SUBMIT_GAP seconds
+# without one, or while no other future of this process is pending, goes at
+# once, so a lone task never waits for company.
+BATCH_MAX = 64
+BATCH_BYTES = 1 << 20
+BATCH_DELAY = 0.001
+SUBMIT_GAP = 0.001
 
 
 def exit_now(code: int) -> None:
@@ -103,7 +113,8 @@ class Future(cf.Future):
 class Heartbeat(threading.Thread):
     """Pings the broker from its own socket; ends the process when the broker
     is gone, or has ended the run while the main thread is too busy to leave;
-    sends a child that a busy worker has held back for ``HOLD_LIMIT``.
+    sends batches that have waited ``BATCH_DELAY`` and a child that a busy
+    worker has held back for ``HOLD_LIMIT``.
 
     ``stop()`` wakes it at once through an in-process socket, so closing a
     client never waits out a heartbeat interval.
@@ -155,9 +166,9 @@ class Heartbeat(threading.Thread):
                     sock.send_multipart(ping)
                     next_ping = now + interval
                 timeout = next_ping - now
-                held = c.held_age()
-                if held is not None:
-                    timeout = min(timeout, max(0.0, HOLD_LIMIT - held))
+                due = c.due_in()
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due))
                 events = dict(poller.poll(timeout * 1000))
                 if self.stopped.is_set():
                     return
@@ -166,7 +177,7 @@ class Heartbeat(threading.Thread):
                 if sock in events:
                     last_heard = time.monotonic()
                     self.on_message(sock.recv_multipart())
-                c.release_held(HOLD_LIMIT)
+                c.send_due()
         finally:
             sock.close(linger=0)
             wake.close(linger=0)
@@ -208,6 +219,11 @@ class Client:
         self.tx = transport.connect_dealer(self.ctx, self.endpoint, self.keys,
                                            protocol.sending_identity(self.identity))
         self._send_lock = threading.Lock()
+        # Entries waiting to go as one message, by type (under the send lock).
+        self._batches: dict[Msg, list] = {Msg.SUBMIT: [], Msg.RESULT: []}
+        self._batch_bytes = 0
+        self._batch_since: float | None = None
+        self._last_submit = 0.0
         self.welcomed = False
         self._drive_lock = threading.RLock()
         self._read_more = threading.Condition()
@@ -261,9 +277,60 @@ class Client:
     # -- sending ------------------------------------------------------------
 
     def send(self, msg_type: Msg, *fields: Any, payload: Sequence = ()) -> None:
+        """Send one message, after the batches waiting to go (order kept)."""
         frames = protocol.encode(msg_type, *fields, payload=payload)
         with self._send_lock:
+            self._flush_locked()
             transport.send_message(self.tx, frames)
+
+    def queue(self, msg_type: Msg, entry: tuple, at_once: bool = False) -> None:
+        """Add ``(tid, flags or status, frames)`` to the batch of ``msg_type``.
+
+        With ``at_once``, a batch that would hold only this entry is sent now.
+        """
+        nudge = False
+        with self._send_lock:
+            if self._batch_since is None:
+                if at_once:
+                    transport.send_message(
+                        self.tx, protocol.encode_batch(msg_type, [entry]))
+                    return
+                self._batch_since = time.monotonic()
+                nudge = True
+            batch = self._batches[msg_type]
+            batch.append(entry)
+            self._batch_bytes += _nbytes(entry[2])
+            if len(batch) >= BATCH_MAX or self._batch_bytes >= BATCH_BYTES:
+                self._flush_locked()
+        if nudge:
+            self.heartbeat.nudge()
+
+    def flush(self) -> None:
+        """Send every batch waiting to go."""
+        if self._batch_since is not None:
+            with self._send_lock:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._batch_since is None:
+            return
+        for msg_type, batch in self._batches.items():
+            if batch:
+                transport.send_message(self.tx, protocol.encode_batch(msg_type, batch))
+                batch.clear()
+        self._batch_bytes = 0
+        self._batch_since = None
+
+    def due_in(self) -> float | None:
+        """Seconds until something waiting must be sent, or None."""
+        since = self._batch_since
+        return None if since is None else since + BATCH_DELAY - time.monotonic()
+
+    def send_due(self) -> None:
+        """Send what has waited long enough (from the heartbeat thread)."""
+        due = self.due_in()
+        if due is not None and due <= 0:
+            self.flush()
 
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
                     flags: Flags = Flags.NONE) -> Future:
@@ -279,8 +346,15 @@ class Client:
     def _submit(self, frames: list, label: str, chunk: bool,
                 flags: Flags) -> Future:
         future = self._new_future(label, chunk)
-        self.send(Msg.SUBMIT, future._tid, int(flags), payload=frames)
+        self.send_submit(future._tid, flags, frames)
         return future
+
+    def send_submit(self, tid: int, flags: Flags, frames: list) -> None:
+        now = time.monotonic()
+        # Alone: nothing else of ours is in flight, or no submit came lately.
+        quiet = len(self._futures) <= 1 or now - self._last_submit > SUBMIT_GAP
+        self._last_submit = now
+        self.queue(Msg.SUBMIT, (tid, int(flags), frames), at_once=quiet)
 
     def _new_future(self, label: str, chunk: bool) -> Future:
         tid = next(self._tids)
@@ -331,6 +405,7 @@ class Client:
         self.before_block()
         if condition():
             return True
+        self.flush()
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
         self.blocking(True)
         try:
@@ -341,7 +416,8 @@ class Client:
                 slice_ = _POLL_SLICE if left is None else min(left, _POLL_SLICE)
                 if self._drive_lock.acquire(blocking=False):
                     try:
-                        self._read(slice_)
+                        if not self.run_queued():
+                            self._read(slice_)
                     finally:
                         self._drive_lock.release()
                     with self._read_more:
@@ -353,12 +429,10 @@ class Client:
         finally:
             self.blocking(False)
 
-    def held_age(self) -> float | None:
-        """How long a child has been held back (workers only), or None."""
-        return None
-
-    def release_held(self, older_than: float) -> None:
-        """Send a child held back for longer than ``older_than`` seconds."""
+    def run_queued(self) -> bool:
+        """Run one task that arrived earlier and waits here (workers only);
+        whether there was one."""
+        return False
 
     def before_block(self) -> None:
         """Called before a wait blocks (a worker runs a held child itself)."""
@@ -368,6 +442,7 @@ class Client:
 
     def poll(self) -> None:
         """Handle whatever has arrived, without waiting."""
+        self.flush()
         if self._drive_lock.acquire(blocking=False):
             try:
                 self._read(0)
@@ -394,10 +469,11 @@ class Client:
     # -- handlers -------------------------------------------------------------
 
     def on_result(self, msg: protocol.Message) -> None:
-        future = self._futures.pop(msg.fields.tid, None)
-        if future is None or future._settled():
-            return  # cancelled here, or a stale copy of a re-run task
-        tasks.settle(future, future._chunk, msg.fields.status, msg.payload)
+        for tid, status, frames in protocol.split_batch(msg):
+            future = self._futures.pop(tid, None)
+            if future is None or future._settled():
+                continue  # cancelled here, or a stale copy of a re-run task
+            tasks.settle(future, future._chunk, status, frames)
 
     def on_const(self, msg: protocol.Message) -> None:
         if msg.fields.name not in self.constants:
@@ -416,6 +492,16 @@ class Client:
 
     def on_shutdown(self, msg: protocol.Message) -> None:
         self.leave(msg.fields.reason)
+
+
+def _nbytes(frames: Sequence) -> int:
+    total = 0
+    for frame in frames:
+        try:
+            total += memoryview(frame).nbytes
+        except TypeError:
+            total += len(frame)
+    return total
 
 
 def _version() -> str:

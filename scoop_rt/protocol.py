@@ -16,10 +16,10 @@ Who sends what:
                                          version, python
     WELCOME    broker -> client          size                           -
     REFUSED    broker -> client          reason                         -
-    SUBMIT     client -> broker          tid (the client's), flags      the task
-    TASK       broker -> worker          tid (the broker's), flags      the task
-    RESULT     worker -> broker          tid (the broker's), status     the outcome
-    RESULT     broker -> submitter       tid (the client's), status     the outcome
+    SUBMIT     client -> broker          index: (tid, flags, n) each    the tasks
+    TASK       broker -> worker          index: (tid, flags, n) each    the tasks
+    RESULT     worker -> broker          index: (tid, status, n) each   the outcomes
+    RESULT     broker -> submitter       index: (tid, status, n) each   the outcomes
     WAITING    worker -> broker          -                              -
     RESUMED    worker -> broker          -                              -
     PROBE      client -> broker          tid (the client's), cancel     -
@@ -33,6 +33,14 @@ Who sends what:
     GONE       watcher -> broker         name, reason                   -
     CREDIT     worker -> broker          extra                          -
     NOTICE     broker -> origin (its hb)  text                           -
+
+``SUBMIT``, ``TASK`` and ``RESULT`` carry a batch of one or more tasks: their
+index is a list of integer triples, one per task, whose third number says
+how many of the payload frames are that task's (``encode_batch`` and
+``split_batch``). A SUBMIT's and a RESULT-to-the-submitter's tids are the
+client's own; a TASK's and a RESULT-from-a-worker's are the broker's. Sending
+many small tasks in one message is what lets one broker serve a thousand
+workers: its cost is per message far more than per byte.
 
 ``WAITING``/``RESUMED`` tell the broker that a worker's running task blocked
 on futures of its own (so the worker can take one more task meanwhile) and
@@ -62,7 +70,7 @@ import struct
 from collections import namedtuple
 from typing import Any, NamedTuple, Sequence
 
-VERSION = 1
+VERSION = 2
 
 HEARTBEAT_SUFFIX = b"!hb"
 SEND_SUFFIX = b"!tx"
@@ -150,17 +158,29 @@ def _dec_str(frame: bytes) -> str:
         raise ProtocolError(f"a text field is not UTF-8: {exc}") from None
 
 
+def _enc_ints(values: Sequence[int]) -> bytes:
+    return struct.pack(f"!{len(values)}q", *values)
+
+
+def _dec_ints(frame: bytes) -> list:
+    if len(frame) % 8:
+        raise ProtocolError(f"an integer list field has {len(frame)} bytes, "
+                            "not a multiple of 8")
+    return list(struct.unpack(f"!{len(frame) // 8}q", frame))
+
+
 INT = (_enc_int, _dec_int)
 STR = (_enc_str, _dec_str)
+INTS = (_enc_ints, _dec_ints)
 
 SCHEMA: dict[Msg, tuple[tuple[str, tuple], ...]] = {
     Msg.HELLO: (("role", STR), ("name", STR), ("host", STR), ("pid", INT),
                 ("version", STR), ("python", STR)),
     Msg.WELCOME: (("size", INT),),
     Msg.REFUSED: (("reason", STR),),
-    Msg.SUBMIT: (("tid", INT), ("flags", INT)),
-    Msg.TASK: (("tid", INT), ("flags", INT)),
-    Msg.RESULT: (("tid", INT), ("status", INT)),
+    Msg.SUBMIT: (("index", INTS),),
+    Msg.TASK: (("index", INTS),),
+    Msg.RESULT: (("index", INTS),),
     Msg.WAITING: (),
     Msg.RESUMED: (),
     Msg.PROBE: (("tid", INT), ("cancel", INT)),
@@ -205,6 +225,46 @@ def encode(msg_type: Msg, *fields: Any, payload: Sequence = ()) -> list:
     return frames
 
 
+BATCHES = frozenset({Msg.SUBMIT, Msg.TASK, Msg.RESULT})
+
+
+def encode_batch(msg_type: Msg, entries: Sequence[tuple]) -> list:
+    """Frames for a SUBMIT, TASK or RESULT carrying ``entries``, each
+    ``(tid, flags or status, payload frames)``."""
+    index: list = []
+    payload: list = []
+    for tid, value, frames in entries:
+        index += (tid, value, len(frames))
+        payload += frames
+    return encode(msg_type, index, payload=payload)
+
+
+def split_batch(msg: "Message") -> list:
+    """The ``(tid, flags or status, payload frames)`` entries of a batch
+    (``decode`` has checked that its index matches its payload)."""
+    index, payload = msg.fields.index, msg.payload
+    entries = []
+    at = 0
+    for i in range(0, len(index), 3):
+        count = index[i + 2]
+        entries.append((index[i], index[i + 1], payload[at:at + count]))
+        at += count
+    return entries
+
+
+def _check_batch(msg_type: Msg, index: list, frames: int) -> None:
+    if len(index) % 3:
+        raise ProtocolError(f"{msg_type.name} has an index of {len(index)} "
+                            "numbers, not triples")
+    counts = index[2::3]
+    if any(count < 0 for count in counts) or sum(counts) > frames:
+        raise ProtocolError(f"{msg_type.name} names more payload frames "
+                            f"than the {frames} it carries")
+    if sum(counts) != frames:
+        raise ProtocolError(f"{msg_type.name} carries {frames - sum(counts)} "
+                            "payload frames its index does not name")
+
+
 def _as_bytes(frame: Any) -> bytes:
     return frame if isinstance(frame, bytes) else frame.bytes
 
@@ -242,6 +302,8 @@ def decode(frames: Sequence) -> Message:
         raise ProtocolError(f"{msg_type.name} carries no payload")
     values = [codec[1](_as_bytes(frame))
               for (_, codec), frame in zip(spec, frames[1:n])]
+    if msg_type in BATCHES:
+        _check_batch(msg_type, values[0], len(frames) - n)
     return Message(msg_type, FIELDS[msg_type](*values), list(frames[n:]))
 
 

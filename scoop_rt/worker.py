@@ -17,20 +17,23 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 
-from . import bootstrap, runtime, serialization, tasks
+from . import bootstrap, protocol, runtime, serialization, tasks
 from .config import Config
-from .client import Client, exit_now, log
+from .client import HOLD_LIMIT, Client, exit_now, log
 from .protocol import Msg, Role
 
 # Nested tasks run on the stack of the tasks that wait under them: give the
 # serving thread a deep stack and Python a matching recursion limit.
 STACK_BYTES = 512 * 1024 * 1024
 RECURSION_LIMIT = 100_000
-# Tasks shorter than this make the worker ask for one task ahead; longer
-# than the other, it stops asking (seconds).
-PREFETCH_BELOW = 0.005
-PREFETCH_STOP_ABOVE = 0.05
+# A worker whose tasks are short asks for enough tasks ahead to cover
+# PREFETCH_COVER seconds of work (at most Config.prefetch), so it never idles
+# waiting for the broker; it stops asking once a task takes longer than
+# PREFETCH_STOP_ABOVE, so no task waits behind a long one.
+PREFETCH_COVER = 0.002
+PREFETCH_STOP_ABOVE = 0.01
 
 
 class WorkerClient(Client):
@@ -53,7 +56,9 @@ class WorkerClient(Client):
         self._held: tuple | None = None  # (future, frames, flags, since)
         self._hold_lock = threading.Lock()
         self._prefetch = 0
+        self._took = 0.0  # recent task durations, smoothed
         self._serving = threading.get_ident()
+        self._inbox: deque = deque()  # (tid, flags, frames) handed to this worker
 
     def _submit(self, frames: list, label: str, chunk: bool, flags):
         if self.importing:
@@ -79,19 +84,26 @@ class WorkerClient(Client):
 
     def _send_child(self, held: tuple) -> None:
         future, frames, flags, _ = held
-        self.send(Msg.SUBMIT, future._tid, int(flags), payload=frames)
+        self.send_submit(future._tid, flags, frames)
 
-    def held_age(self) -> float | None:
+    def due_in(self) -> float | None:
+        due = super().due_in()
         held = self._held
-        return None if held is None else time.monotonic() - held[3]
+        if held is not None:
+            held_due = held[3] + HOLD_LIMIT - time.monotonic()
+            due = held_due if due is None else min(due, held_due)
+        return due
 
-    def release_held(self, older_than: float) -> None:
+    def send_due(self) -> None:
         with self._hold_lock:
             held = self._held
-            if held is None or time.monotonic() - held[3] < older_than:
-                return
-            self._held = None
-        self._send_child(held)
+            if held is not None and time.monotonic() - held[3] >= HOLD_LIMIT:
+                self._held = None
+            else:
+                held = None
+        if held is not None:
+            self._send_child(held)
+        super().send_due()
 
     def before_block(self) -> None:
         # About to wait: rather than idle, run the held child here.
@@ -121,31 +133,55 @@ class WorkerClient(Client):
         self.block_until(lambda: False, None)
 
     def blocking(self, starts: bool) -> None:
-        # A task waiting on its children frees this worker for one more task.
+        # A task waiting on its children frees this worker for one more task
+        # (send() sends the outcomes and children waiting to go first).
         if self._depth:
             self.send(Msg.WAITING if starts else Msg.RESUMED)
 
     def on_task(self, msg) -> None:
+        self._inbox.extend(protocol.split_batch(msg))
+        while self.run_queued():
+            pass
+
+    def run_queued(self) -> bool:
+        """Run the next task handed to this worker; whether there was one.
+
+        Also called while a task waits on its children: tasks that came in
+        the same batch then run meanwhile, as new ones would."""
+        if not self._inbox or threading.get_ident() != self._serving:
+            return False
+        tid, flags, frames = self._inbox.popleft()
         started = time.monotonic()
-        status, frames = self._run(msg.payload)
-        self.send(Msg.RESULT, msg.fields.tid, int(status), payload=frames)
+        status, outcome = self._run(frames)
+        # The last outcome of a batch goes at once, with those before it.
+        self.queue(Msg.RESULT, (tid, int(status), outcome), at_once=not self._inbox)
+        if not self._inbox:
+            self.flush()
         self._tune_prefetch(time.monotonic() - started)
+        return True
 
     def _tune_prefetch(self, took: float) -> None:
-        """Ask for a task ahead while tasks are short, so none waits for the
+        """Ask for tasks ahead while tasks are short, so none waits for the
         broker's round trip; stop when they are long, so a queued task is not
         kept from an idle worker behind a long one."""
-        wanted = self._prefetch
-        if took < PREFETCH_BELOW:
-            wanted = self.config.prefetch
-        elif took > PREFETCH_STOP_ABOVE:
+        self._took = took if took > PREFETCH_STOP_ABOVE else 0.8 * self._took + 0.2 * took
+        if self._took > PREFETCH_STOP_ABOVE:
             wanted = 0
+        else:
+            wanted = min(self.config.prefetch,
+                         _power_of_two(PREFETCH_COVER / max(self._took, 1e-6)))
         if wanted != self._prefetch:
             self._prefetch = wanted
             self.send(Msg.CREDIT, wanted)
 
     def where(self) -> str:
         return f"worker {self.name} (host {self.host}, pid {os.getpid()})"
+
+
+def _power_of_two(x: float) -> int:
+    """The largest power of two at most ``x`` (0 below 1): few distinct
+    values, so a worker seldom needs to tell the broker a new one."""
+    return 0 if x < 1 else 1 << (int(x).bit_length() - 1)
 
 
 def main() -> None:

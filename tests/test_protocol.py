@@ -8,10 +8,10 @@ from scoop_rt.protocol import Msg, ProtocolError
 
 
 def test_every_message_type_round_trips():
-    samples = {"INT": 2**40, "STR": "héllo"}
+    samples = {protocol.INT: 2**40, protocol.STR: "héllo",
+               protocol.INTS: [2**40, -1, 2]}  # one task of the 2 frames below
     for msg_type, spec in protocol.SCHEMA.items():
-        values = [samples["INT"] if codec is protocol.INT else samples["STR"]
-                  for _, codec in spec]
+        values = [samples[codec] for _, codec in spec]
         payload = [b"pickle", b"buffer"] if msg_type in protocol.PAYLOAD else []
         frames = protocol.encode(msg_type, *values, payload=payload)
         msg = protocol.decode(frames)
@@ -21,8 +21,26 @@ def test_every_message_type_round_trips():
 
 
 def test_fields_are_named():
-    msg = protocol.decode(protocol.encode(Msg.RESULT, 7, 1, payload=[b"x"]))
-    assert (msg.fields.tid, msg.fields.status) == (7, 1)
+    msg = protocol.decode(protocol.encode(Msg.STATE, 7, 1))
+    assert (msg.fields.tid, msg.fields.state) == (7, 1)
+
+
+def test_batches_split_into_their_entries():
+    entries = [(7, 0, [b"head", b"buffer"]), (8, 1, []), (9, 0, [b"one"])]
+    msg = protocol.decode(protocol.encode_batch(Msg.RESULT, entries))
+    assert msg.fields.index == [7, 0, 2, 8, 1, 0, 9, 0, 1]
+    assert protocol.split_batch(msg) == entries
+
+
+@pytest.mark.parametrize("index, payload, words", [
+    ([1, 0], [], "not triples"),
+    ([1, 0, 2], [b"x"], "more payload frames"),
+    ([1, 0, -1], [], "more payload frames"),
+    ([1, 0, 1], [b"x", b"y"], "does not name"),
+])
+def test_malformed_batches_raise_protocol_errors(index, payload, words):
+    with pytest.raises(ProtocolError, match=words):
+        protocol.decode(protocol.encode(Msg.SUBMIT, index, payload=payload))
 
 
 @pytest.mark.parametrize("frames, words", [
@@ -30,8 +48,9 @@ def test_fields_are_named():
     ([b"\x01"], "header of 1"),
     ([bytes((99, Msg.PING))], "version 99"),
     ([bytes((protocol.VERSION, 250))], "unknown message type 250"),
-    ([bytes((protocol.VERSION, Msg.SUBMIT)), b"12345678"], "needs 2 fields"),
-    ([bytes((protocol.VERSION, Msg.SUBMIT)), b"short", b"12345678"], "8"),
+    ([bytes((protocol.VERSION, Msg.STATE)), b"12345678"], "needs 2 fields"),
+    ([bytes((protocol.VERSION, Msg.STATE)), b"short", b"12345678"], "8"),
+    ([bytes((protocol.VERSION, Msg.SUBMIT)), b"short"], "multiple of 8"),
     ([bytes((protocol.VERSION, Msg.PING)), b"extra"], "no payload"),
     ([bytes((protocol.VERSION, Msg.BYE)), b"\xff" * 3], "8"),
     ([bytes((protocol.VERSION, Msg.SETCONST)), b"\xff\xfe"], "UTF-8"),
@@ -43,7 +62,7 @@ def test_malformed_messages_raise_protocol_errors(frames, words):
 
 def test_encode_checks_field_count_and_payload():
     with pytest.raises(ProtocolError):
-        protocol.encode(Msg.SUBMIT, 1)
+        protocol.encode(Msg.STATE, 1)
     with pytest.raises(ProtocolError):
         protocol.encode(Msg.PING, payload=[b"x"])
 
@@ -76,11 +95,24 @@ def test_blocked_and_prefetch_slots_count():
     slots.changed(b"a")
     assert slots.take() == b"a"
     slots.get(b"a").running.add(2)
-    slots.get(b"a").prefetch = 1        # it asked for one ahead
-    slots.changed(b"a")
+    slots.set_prefetch(b"a", 1)         # it asked for one ahead...
+    assert slots.take() is None         # ...which counts only in a deep queue
+    slots.deep = True
     assert slots.take() == b"a"
     slots.get(b"a").running.add(3)
     slots.changed(b"a")
     assert slots.take() is None
     slots.remove(b"a")
     assert slots.take() is None and len(slots) == 0
+
+
+def test_deep_queue_and_even_shares():
+    slots = Slots()
+    for wid in (b"a", b"b"):
+        slots.add(wid)
+    assert slots.deep_queue() == Slots.DEEP_MIN
+    assert slots.share(100) == 50 and slots.share(1) == 1
+    slots.set_prefetch(b"a", 32)
+    assert slots.free(slots.get(b"a")) == 1
+    slots.deep = True
+    assert slots.free(slots.get(b"a")) == 33 and slots.free(slots.get(b"b")) == 1

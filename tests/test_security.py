@@ -60,9 +60,9 @@ ROGUE = textwrap.dedent("""\
     script = [
         protocol.encode(Msg.HELLO, "worker", "rogue", "rogue", 1, scoop_rt.__version__, python),
         protocol.encode(Msg.HELLO, "origin", "rogue", "rogue", 1, scoop_rt.__version__, python),
-        protocol.encode(Msg.SUBMIT, 1, 0, payload=evil),
+        protocol.encode_batch(Msg.SUBMIT, [(1, 0, evil)]),
         protocol.encode(Msg.SETCONST, "secret", payload=evil),
-        protocol.encode(Msg.RESULT, 1, 0, payload=evil),
+        protocol.encode_batch(Msg.RESULT, [(1, 0, evil)]),
         protocol.encode(Msg.PROBE, 1, 1),
         protocol.encode(Msg.GONE, "w0", "rogue says so"),
         protocol.encode(Msg.GONE, "w1", "rogue says so"),

@@ -34,7 +34,7 @@ from .scheduling import Slots
 log = logging.getLogger("scoop_rt")
 
 _BATCH = 2000  # messages read before the next dispatch
-MAX_PREFETCH = 4  # tasks a worker may ask to hold beyond the one it runs
+MAX_PREFETCH = 64  # tasks a worker may ask to hold beyond the one it runs
 
 
 class _Stop(Exception):
@@ -150,6 +150,10 @@ class Broker:
         frames = protocol.encode(msg_type, *fields, payload=payload)
         transport.send_message(self.sock, [identity, *frames])
 
+    def send_batch(self, identity: bytes, msg_type: Msg, entries: list) -> None:
+        frames = protocol.encode_batch(msg_type, entries)
+        transport.send_message(self.sock, [identity, *frames])
+
     # -- handlers -------------------------------------------------------------
 
     def on_hello(self, identity: bytes, f, payload) -> None:
@@ -170,26 +174,34 @@ class Broker:
         log.debug("%s joined", peer.describe())
 
     def on_submit(self, identity: bytes, f, payload) -> None:
-        btid = next(self._btids)
-        self.tasks[btid] = Task(identity, f.tid, f.flags, payload)
-        self.by_client[identity, f.tid] = btid
-        if self.no_workers_left():
-            self.fail(btid, "no workers are left in this run")
-        else:
-            self.queue.append(btid)
+        msg = protocol.Message(Msg.SUBMIT, f, payload)
+        none_left = self.no_workers_left()
+        for tid, flags, frames in protocol.split_batch(msg):
+            btid = next(self._btids)
+            self.tasks[btid] = Task(identity, tid, flags, frames)
+            self.by_client[identity, tid] = btid
+            if none_left:
+                self.fail(btid, "no workers are left in this run")
+            else:
+                self.queue.append(btid)
 
     def on_result(self, identity: bytes, f, payload) -> None:
+        msg = protocol.Message(Msg.RESULT, f, payload)
         slots = self.workers.get(identity)
+        replies: dict[bytes, list] = {}
+        for btid, status, frames in protocol.split_batch(msg):
+            if slots is not None:
+                slots.running.discard(btid)
+            task = self.tasks.pop(btid, None)
+            if task is None:
+                continue  # cancelled, or already answered by another attempt
+            self.by_client.pop((task.submitter, task.tid), None)
+            replies.setdefault(task.submitter, []).append((task.tid, status, frames))
         if slots is not None:
-            slots.running.discard(f.tid)
             self.workers.changed(identity)
-        task = self.tasks.pop(f.tid, None)
-        if task is None:
-            return  # cancelled, or already answered by another attempt
-        self.by_client.pop((task.submitter, task.tid), None)
-        if task.submitter in self.peers:
-            self.send(task.submitter, Msg.RESULT, task.tid, f.status,
-                      payload=payload)
+        for submitter, entries in replies.items():
+            if submitter in self.peers:
+                self.send_batch(submitter, Msg.RESULT, entries)
 
     def on_waiting(self, identity: bytes, f, payload) -> None:
         slots = self.workers.get(identity)
@@ -203,10 +215,7 @@ class Broker:
             slots.blocked -= 1
 
     def on_credit(self, identity: bytes, f, payload) -> None:
-        slots = self.workers.get(identity)
-        if slots is not None:
-            slots.prefetch = max(0, min(f.extra, MAX_PREFETCH))
-            self.workers.changed(identity)
+        self.workers.set_prefetch(identity, max(0, min(f.extra, MAX_PREFETCH)))
 
     def on_probe(self, identity: bytes, f, payload) -> None:
         btid = self.by_client.get((identity, f.tid))
@@ -260,19 +269,33 @@ class Broker:
     # -- steps ----------------------------------------------------------------
 
     def dispatch(self) -> None:
+        """Hand queued tasks to workers with free slots, several to a worker
+        in one message when the queue is deep (see scheduling.Slots)."""
+        workers = self.workers
         while self.queue:
-            wid = self.workers.take()
+            workers.deep = len(self.queue) >= workers.deep_queue()
+            wid = workers.take()
             if wid is None:
                 return
-            btid = self._next_queued()
-            if btid is None:
-                self.workers.changed(wid)
-                return
-            task = self.tasks[btid]
-            task.worker = wid
-            self.workers.get(wid).running.add(btid)
-            self.workers.changed(wid)
-            self.send(wid, Msg.TASK, btid, task.flags, payload=task.payload)
+            slots = workers.get(wid)
+            share = min(workers.free(slots), workers.share(len(self.queue)))
+            entries = []
+            while len(entries) < share:
+                btid = self._next_queued()
+                if btid is None:
+                    break
+                task = self.tasks[btid]
+                if task.attempts and entries:
+                    self.queue.appendleft(btid)
+                    break
+                task.worker = wid
+                slots.running.add(btid)
+                entries.append((btid, task.flags, task.payload))
+                if task.attempts:
+                    break  # a task that lost a worker travels alone
+            workers.changed(wid)
+            if entries:
+                self.send_batch(wid, Msg.TASK, entries)
 
     def _next_queued(self) -> int | None:
         while self.queue:
@@ -347,8 +370,8 @@ class Broker:
         task = self.tasks.pop(btid)
         self.by_client.pop((task.submitter, task.tid), None)
         if task.submitter in self.peers:
-            self.send(task.submitter, Msg.RESULT, task.tid, int(Status.LOST),
-                      payload=[why.encode()])
+            self.send_batch(task.submitter, Msg.RESULT,
+                            [(task.tid, int(Status.LOST), [why.encode()])])
 
     def shutdown(self, reason: str) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already

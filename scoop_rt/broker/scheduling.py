@@ -1,11 +1,18 @@
 """Scheduling policy: plain data and small functions, no sockets.
 
 A worker offers slots: one, plus one for each of its tasks that is blocked
-waiting on futures of its own, plus the prefetch it asked for (a worker whose
-tasks are short asks for one task ahead, so it never waits for the broker
-between two). Queued tasks go first in, first out, to the workers with free
-slots in turn (round robin), each kept at most once in a ready line, so
-handing out a task costs the same with 2 workers or 1,000.
+waiting on futures of its own, plus, while the queue is deep, the prefetch it
+asked for (a worker whose tasks are short asks for enough tasks ahead to
+cover a few milliseconds, so it never waits for the broker between two).
+Queued tasks go first in, first out, to the workers with free slots in turn
+(round robin), each kept at most once in a ready line, so handing out a task
+costs the same with 2 workers or 1,000.
+
+Prefetch only while the queue is deep: a task sent ahead to a worker can no
+longer be cancelled (as with ProcessPoolExecutor's call queue), so a task
+queued behind busy workers, in a short queue, stays at the broker where
+``cancel()`` can still take it back. A worker with free slots gets its share
+of the queue in one message, so many short tasks cost the broker one send.
 """
 
 from __future__ import annotations
@@ -23,17 +30,49 @@ class WorkerSlots:
     running: set = field(default_factory=set)  # broker task ids it holds
     ready: bool = False                        # whether it is in the ready line
 
-    @property
-    def free(self) -> int:
-        return 1 + self.blocked + self.prefetch - len(self.running)
+    def free(self, deep: bool) -> int:
+        ahead = self.prefetch if deep else 0
+        return 1 + self.blocked + ahead - len(self.running)
 
 
 class Slots:
     """Every worker's slots, and the line of those with a free one."""
 
+    # The queue is deep at this many queued tasks per worker (and at least
+    # DEEP_MIN): then prefetch slots count.
+    DEEP_PER_WORKER = 2
+    DEEP_MIN = 8
+
     def __init__(self) -> None:
         self.workers: dict[bytes, WorkerSlots] = {}
         self._ready: deque[bytes] = deque()
+        self._deep = False
+        self._prefetching: set[bytes] = set()  # workers that asked for some
+
+    @property
+    def deep(self) -> bool:
+        return self._deep
+
+    @deep.setter
+    def deep(self, value: bool) -> None:
+        if value and not self._deep:
+            self._deep = True
+            # Prefetch slots open now: the workers that have them join the line.
+            for wid in self._prefetching:
+                self.changed(wid)
+        self._deep = value
+
+    def deep_queue(self) -> int:
+        """The queue length from which the queue counts as deep."""
+        return max(self.DEEP_MIN, self.DEEP_PER_WORKER * len(self.workers))
+
+    def free(self, slots: WorkerSlots) -> int:
+        return slots.free(self._deep)
+
+    def share(self, queued: int) -> int:
+        """How many of ``queued`` tasks one worker may take at once: an even
+        share, so that the first worker in line does not take all of them."""
+        return max(1, queued // max(1, len(self.workers)))
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -49,12 +88,24 @@ class Slots:
         self.changed(wid)
 
     def remove(self, wid: bytes) -> WorkerSlots | None:
+        self._prefetching.discard(wid)
         return self.workers.pop(wid, None)  # its line entry is skipped later
+
+    def set_prefetch(self, wid: bytes, count: int) -> None:
+        slots = self.workers.get(wid)
+        if slots is None:
+            return
+        slots.prefetch = count
+        if count:
+            self._prefetching.add(wid)
+        else:
+            self._prefetching.discard(wid)
+        self.changed(wid)
 
     def changed(self, wid: bytes) -> None:
         """Call after a worker's slots changed: it joins the line if free."""
         slots = self.workers.get(wid)
-        if slots is not None and not slots.ready and slots.free > 0:
+        if slots is not None and not slots.ready and slots.free(self._deep) > 0:
             slots.ready = True
             self._ready.append(wid)
 
@@ -69,6 +120,6 @@ class Slots:
             if slots is None:
                 continue
             slots.ready = False
-            if slots.free > 0:
+            if slots.free(self._deep) > 0:
                 return wid
         return None
