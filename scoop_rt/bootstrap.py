@@ -16,6 +16,7 @@ import sys
 import types
 from collections import namedtuple
 
+from . import shm
 from .config import ENV_ROLE, Config
 
 BrokerInfo = namedtuple("BrokerInfo", "endpoint host")
@@ -59,6 +60,8 @@ def publish(boot: dict, is_origin: bool) -> None:
     scoop_rt.DEBUG = config.debug
     scoop_rt.BROKER = BrokerInfo(boot["endpoint"], boot.get("broker_host", ""))
     scoop_rt.worker = f"{boot['name']}@{boot.get('host') or os.uname().nodename}"
+    # Large buffers through /dev/shm when the whole run is on this machine.
+    shm.setup(boot.get("shm"))
 
 
 def script_module(path: str, module_name: str) -> types.ModuleType:

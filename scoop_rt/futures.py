@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import client as _client
 from . import runtime as _runtime
+from . import serialization
 from .client import Future
 from .config import Config
 from .protocol import Flags
@@ -50,7 +51,8 @@ def submit(fn: Callable, *args: Any, **kwargs: Any) -> cf.Future:
 def _submit(fn: Callable, args: tuple, kwargs: dict, flags: Flags) -> cf.Future:
     if _shut_down:
         raise RuntimeError("cannot submit new futures after shutdown()")
-    return _runtime.get().submit_call(fn, args, kwargs, flags)
+    future = _runtime.get().submit_call(fn, args, kwargs, flags)
+    return serialization.claim_task_files(future)
 
 
 class Options:
@@ -120,6 +122,7 @@ class _Feeder:
             if not chunk:
                 return
             future = self.rt.submit_chunk(self.fn, chunk)
+            serialization.claim_task_files(future)
             if self.adaptive:
                 future.add_done_callback(functools.partial(
                     self._adapt, time.monotonic(), len(chunk)))

@@ -2,7 +2,10 @@
 
 - cloudpickle with pickle protocol 5; buffers of 64 KiB and more (numpy
   arrays, ``PickleBuffer``) travel as separate frames, not copied into the
-  pickle.
+  pickle. On a run confined to one machine, a buffer of 1 MiB or more is
+  written once into a file in ``/dev/shm`` and its frame carries only a
+  reference to it, which the receiver maps (``shm.py`` says how, who removes
+  the files, and why that is safe).
 - Functions and classes defined at the top level of the user's script travel
   by name: every worker has the script imported (see ``SCRIPT_MODULES``).
   Lambdas, closures and nested functions travel by value.
@@ -16,12 +19,14 @@ from __future__ import annotations
 import io
 import pickle
 import sys
+import threading
 import traceback
 import types
 from typing import Any, Callable, Sequence
 
 import cloudpickle
 
+from . import shm
 from .errors import RemoteError, RemoteTraceback
 
 # The user's script is the module ``__main__`` in the origin. Workers import it
@@ -63,8 +68,12 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def dumps(obj: Any) -> list:
-    """Frames for ``obj``: the pickle, then its out-of-band buffers."""
+def dumps(obj: Any, share: bool = True) -> list:
+    """Frames for ``obj``: the pickle, then its out-of-band buffers.
+
+    With ``share`` (and a run on one machine), large buffers go into shared
+    memory files and their frames are references to them (``shm.py``).
+    """
     buffers: list = []
 
     def keep_large(buf: pickle.PickleBuffer) -> bool:
@@ -82,22 +91,81 @@ def dumps(obj: Any) -> list:
         out = io.BytesIO()
         _Pickler(out, protocol=PROTOCOL, buffer_callback=keep_large).dump(obj)
         head = out.getvalue()
-    return [head, *buffers]
+    frames = [head, *buffers]
+    return _shared(frames) if share else frames
+
+
+def _shared(frames: list) -> list:
+    """``frames`` with each large buffer moved into shared memory when it can
+    be; a buffer that cannot be (small, no ``/dev/shm``, full) stays a frame."""
+    if not shm.enabled():
+        return frames
+    out = [frames[0]]
+    for buf in frames[1:]:
+        ref = shm.share(buf.raw()) if isinstance(buf, pickle.PickleBuffer) else None
+        out.append(buf if ref is None else ref)
+    return out
 
 
 def loads(frames: Sequence) -> Any:
-    """Inverse of ``dumps``; frames may be ``bytes`` or ``zmq.Frame``.
+    """Inverse of ``dumps``; frames may be ``bytes``, ``zmq.Frame``, or the
+    ``PickleBuffer`` objects of a task run where it was pickled.
 
-    Out-of-band buffers are copied into writable memory, so a received numpy
-    array can be changed in place as it could in the sender.
+    Out-of-band buffers that came over the socket are copied into writable
+    memory, so a received numpy array can be changed in place as it could in
+    the sender; those in shared memory are mapped copy-on-write, to the same
+    effect without the copy. Files stay where they are: whoever owns them
+    removes them (``release`` for a result).
     """
     if not frames:
         raise pickle.UnpicklingError("no frames to unpickle")
     head = frames[0]
     head = head if isinstance(head, bytes) else head.buffer
-    buffers = [bytearray(f if isinstance(f, bytes) else f.buffer)
-               for f in frames[1:]]
+    buffers = [_buffer(f) for f in frames[1:]]
     return pickle.loads(head, buffers=buffers)
+
+
+def _buffer(frame: Any) -> Any:
+    """A writable buffer with the contents of one out-of-band frame: a
+    ``zmq.Frame``, ``bytes``, or a ``PickleBuffer`` that never left this
+    process (a task run where it was submitted)."""
+    view = shm.view_of(frame)
+    ref = shm.reference(view)
+    if ref is None:
+        return bytearray(view)
+    try:
+        return shm.open_view(*ref)
+    except OSError as exc:
+        raise pickle.UnpicklingError(
+            f"a buffer in shared memory could not be read: {exc}") from exc
+
+
+def release(frames: Sequence) -> None:
+    """Remove the shared memory files of a result that has been read (or will
+    never be): a result is delivered once. What was mapped stays valid."""
+    shm.release(frames)
+
+
+# The files written for the task last pickled on each thread, until the
+# future that runs it claims them (``claim_task_files``).
+_task_files = threading.local()
+
+
+def _note_task_files(frames: list) -> list:
+    _task_files.names = shm.names(frames)
+    return frames
+
+
+def claim_task_files(future: Any) -> Any:
+    """Tie the shared memory files of the task just pickled on this thread
+    (by ``dump_call`` or ``dump_chunk``) to ``future``: they are removed
+    when it settles, since until then the task may have to run again on
+    another worker. Returns ``future``."""
+    names = getattr(_task_files, "names", None)
+    _task_files.names = None
+    if names:
+        shm.unlink_when_done(future, names)
+    return future
 
 
 def describe(fn: Any) -> str:
@@ -115,7 +183,7 @@ def _culprit(fn: Callable, args: Sequence, kwargs: dict) -> str:
                    for k, v in kwargs.items()]
     for label, value in candidates:
         try:
-            dumps(value)
+            dumps(value, share=False)
         except Exception as exc:  # any failure here names the culprit
             return f"{label} cannot be pickled: {exc}"
     return "the call cannot be pickled"
@@ -128,7 +196,7 @@ def dump_call(fn: Callable, args: Sequence, kwargs: dict) -> list:
     and the argument, in the caller's process, before anything is sent.
     """
     try:
-        return dumps((CALL, fn, tuple(args), kwargs))
+        return _note_task_files(dumps((CALL, fn, tuple(args), kwargs)))
     except Exception as exc:
         raise pickle.PicklingError(
             f"cannot send {describe(fn)}() to a worker: "
@@ -138,7 +206,7 @@ def dump_call(fn: Callable, args: Sequence, kwargs: dict) -> list:
 def dump_chunk(fn: Callable, calls: Sequence[tuple]) -> list:
     """Frames of a task that calls ``fn(*call)`` for each of ``calls``."""
     try:
-        return dumps((CHUNK, fn, list(calls), {}))
+        return _note_task_files(dumps((CHUNK, fn, list(calls), {})))
     except Exception as exc:
         detail = "the call cannot be pickled"
         for call in calls:
@@ -169,9 +237,9 @@ def dump_error(exc: BaseException, tb_text: str, extra: Any = None) -> list:
     the other side is replaced now, while its type and message can be read.
     """
     try:
-        frames = dumps((exc, tb_text, extra))
+        frames = dumps((exc, tb_text, extra), share=False)
         loads(frames)
-        return frames
+        return _shared(frames)
     except Exception:
         stand_in = RemoteError(type(exc).__qualname__, str(exc), tb_text)
         try:

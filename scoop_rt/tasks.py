@@ -64,8 +64,16 @@ def settle(future: cf.Future, chunk: bool, status: int, payload: Sequence) -> No
     """Give ``future`` the outcome of its task.
 
     A chunk's future gets ``(values, error)``: the values up to the first
-    error, and that error or None.
+    error, and that error or None. The outcome's shared memory files are
+    removed once read: an outcome is delivered once.
     """
+    try:
+        _settle(future, chunk, status, payload)
+    finally:
+        serialization.release(payload)
+
+
+def _settle(future: cf.Future, chunk: bool, status: int, payload: Sequence) -> None:
     try:
         if status == Status.OK:
             value = serialization.loads(payload)

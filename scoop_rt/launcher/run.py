@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .. import __version__, transport
+from .. import __version__, shm, transport
 from ..config import Config
 from . import output, spawn
 from .watch import WorkerWatch
@@ -62,6 +62,8 @@ class Run:
         self.remote = remote or {}
         self.spawner = spawn.LocalSpawner()
         self.keys = transport.make_keys() if spec.config.secure else None
+        # Large buffers go through /dev/shm when every process is on this host.
+        self.shm_token = None if self.remote else shm.new_token()
         self.broker: subprocess.Popen | None = None
         self.workers: list = []
         self.origin: subprocess.Popen | None = None
@@ -146,7 +148,7 @@ class Run:
                 "endpoint": endpoint, "name": name, "size": self.spec.workers,
                 "script": self.spec.script, "argv": self.spec.argv,
                 "host": host or socket.gethostname(),
-                "broker_host": socket.gethostname()}
+                "broker_host": socket.gethostname(), "shm": self.shm_token}
 
     def _broker_endpoint(self) -> str:
         """The endpoint the broker reports on its stdout once bound."""
@@ -213,6 +215,7 @@ class Run:
         for proc in procs:
             spawn.kill_tree(proc)
         _wait_all(procs, 1.0)
+        shm.remove_run(self.shm_token)
         self.forwarder.close(timeout=1.0)
 
 
