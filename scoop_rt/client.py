@@ -80,10 +80,14 @@ class Future(cf.Future):
         return self._settled()
 
     def result(self, timeout: float | None = None) -> Any:
+        if timeout is None:
+            self._client.run_if_held(self)
         self._client.block_until(self._settled, timeout)
         return super().result(timeout=0)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        if timeout is None:
+            self._client.run_if_held(self)
         self._client.block_until(self._settled, timeout)
         return super().exception(timeout=0)
 
@@ -179,8 +183,16 @@ class Heartbeat(threading.Thread):
                     self.on_message(sock.recv_multipart())
                 c.send_due()
         finally:
-            sock.close(linger=0)
-            wake.close(linger=0)
+            try:
+                self._drain(sock)
+            finally:
+                sock.close(linger=0)
+                wake.close(linger=0)
+
+    def _drain(self, sock: zmq.Socket) -> None:
+        """Log the notices that have arrived, before the process leaves."""
+        while sock.poll(0):
+            self.on_message(sock.recv_multipart())
 
     def on_message(self, frames: list) -> None:
         try:
@@ -224,6 +236,9 @@ class Client:
         self._batch_bytes = 0
         self._batch_since: float | None = None
         self._last_submit = 0.0
+        # A task held back by this process, not sent yet (see may_hold).
+        self._held: tuple | None = None  # (future, frames, flags, since)
+        self._hold_lock = threading.Lock()
         self.welcomed = False
         self._drive_lock = threading.RLock()
         self._read_more = threading.Condition()
@@ -323,13 +338,28 @@ class Client:
 
     def due_in(self) -> float | None:
         """Seconds until something waiting must be sent, or None."""
+        now = time.monotonic()
+        dues = []
         since = self._batch_since
-        return None if since is None else since + BATCH_DELAY - time.monotonic()
+        if since is not None:
+            dues.append(since + BATCH_DELAY - now)
+        held = self._held
+        if held is not None:
+            dues.append(held[3] + HOLD_LIMIT - now)
+        return min(dues) if dues else None
 
     def send_due(self) -> None:
         """Send what has waited long enough (from the heartbeat thread)."""
-        due = self.due_in()
-        if due is not None and due <= 0:
+        with self._hold_lock:
+            held = self._held
+            if held is not None and time.monotonic() - held[3] >= HOLD_LIMIT:
+                self._held = None
+            else:
+                held = None
+        if held is not None:
+            self._send_held(held)
+        since = self._batch_since
+        if since is not None and time.monotonic() - since >= BATCH_DELAY:
             self.flush()
 
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
@@ -346,8 +376,66 @@ class Client:
     def _submit(self, frames: list, label: str, chunk: bool,
                 flags: Flags) -> Future:
         future = self._new_future(label, chunk)
-        self.send_submit(future._tid, flags, frames)
+        if not self.may_hold(chunk):
+            self.send_submit(future._tid, flags, frames)
+            return future
+        with self._hold_lock:
+            previous, self._held = self._held, (future, frames, flags, time.monotonic())
+        if previous is None:
+            self.heartbeat.nudge()
+        else:
+            self._send_held(previous)
         return future
+
+    # -- held tasks -----------------------------------------------------------
+    #
+    # The newest task a process submits may be held back for HOLD_LIMIT
+    # seconds instead of being sent: if the process then waits on it, it runs
+    # it itself, as a direct call, with no round trip. It is sent as soon as
+    # another task is submitted, when the process waits on something else, or
+    # when HOLD_LIMIT has passed (the heartbeat thread sends it).
+
+    def may_hold(self, chunk: bool) -> bool:
+        """Whether a task being submitted now may be held back."""
+        return False
+
+    def _take_held(self) -> tuple | None:
+        with self._hold_lock:
+            held, self._held = self._held, None
+        return held
+
+    def _send_held(self, held: tuple) -> None:
+        future, frames, flags, _ = held
+        self.send_submit(future._tid, flags, frames)
+
+    def send_held(self) -> None:
+        held = self._take_held()
+        if held is not None:
+            self._send_held(held)
+
+    def run_held(self, held: tuple) -> None:
+        """Run a held task here and settle its future."""
+        future, frames, _, _ = held
+        status, outcome = self._run(frames)
+        if self._futures.pop(future._tid, None) is not None:
+            tasks.settle(future, future._chunk, status, outcome)
+
+    def run_if_held(self, future: "Future") -> None:
+        """Run ``future``'s task here if it is the one held back."""
+        held = self._held
+        if held is None or held[0] is not future:
+            return
+        with self._hold_lock:
+            if self._held is not held:
+                return
+            self._held = None
+        self.run_held(held)
+
+    def _run(self, frames: list) -> tuple:
+        return tasks.execute(frames, self.where())
+
+    def where(self) -> str:
+        return f"{self.role.value} {self.name} (host {self.host}, pid {os.getpid()})"
 
     def send_submit(self, tid: int, flags: Flags, frames: list) -> None:
         now = time.monotonic()
@@ -366,7 +454,17 @@ class Client:
         self._futures.pop(tid, None)
 
     def probe(self, tid: int, cancel: bool) -> TaskState:
-        """Ask the broker where task ``tid`` stands (and cancel it if queued)."""
+        """Ask the broker where task ``tid`` stands (and cancel it if queued).
+
+        A task still held back here is pending, and cancelled here."""
+        held = self._held
+        if held is not None and held[0]._tid == tid:
+            if not cancel:
+                return TaskState.PENDING
+            with self._hold_lock:
+                if self._held is held:
+                    self._held = None
+                    return TaskState.CANCELLED
         self._states.pop(tid, None)
         self.send(Msg.PROBE, tid, int(cancel))
         self.block_until(lambda: tid in self._states, None)
@@ -435,7 +533,9 @@ class Client:
         return False
 
     def before_block(self) -> None:
-        """Called before a wait blocks (a worker runs a held child itself)."""
+        """Called before a wait blocks: what is held goes (a worker runs a
+        held child itself instead)."""
+        self.send_held()
 
     def blocking(self, starts: bool) -> None:
         """Called when a wait begins and ends; the worker tells the broker."""

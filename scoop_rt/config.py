@@ -35,6 +35,12 @@ class Config:
     # queue is deep (a task sent ahead can no longer be cancelled); 0 turns
     # it off.
     prefetch: int = 32
+    # On a run local to one machine, the origin runs a task itself when the
+    # script waits on it (result() or exception() with no timeout) before the
+    # task has left the process: the newest task is held back up to 5 ms for
+    # that. Such a task sees IS_ORIGIN true and the origin's pid, like a
+    # direct call.
+    run_in_origin: bool = True
     # Tasks in flight per worker for a lazy ``map`` (the input is read ahead
     # by this many chunks per worker, no more).
     map_window_per_worker: int = 4

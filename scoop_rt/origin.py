@@ -12,16 +12,52 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import traceback
 
-from . import bootstrap, runtime
+from . import bootstrap, runtime, tasks
 from .client import Client, exit_now, log
 from .config import ENV_BOOT_FD, Config
 from .protocol import Msg, Role
 
+# Tasks the origin runs itself, one inside another, at most (each takes
+# stack frames of the script's main thread).
+INLINE_DEPTH = 16
+
 
 class OriginClient(Client):
+    """The origin's connection. On a run local to this machine, a task the
+    script waits on before it has left (``Future.result()`` right after
+    ``submit``) runs here, as a direct call would: no round trip, no process
+    idle. Waits with a timeout never do, so the script regains control when
+    it asked to."""
+
     role = Role.ORIGIN
+
+    def __init__(self, boot: dict):
+        super().__init__(boot)
+        self._main = threading.get_ident()
+        self._inline = 0
+        # Only on a run whose workers all share this machine: on a cluster a
+        # task goes to the hosts it was given, whatever they have that the
+        # submit host lacks.
+        self._may_run_here = self.config.run_in_origin and bool(boot.get("local"))
+
+    def may_hold(self, chunk: bool) -> bool:
+        return (self._may_run_here and not chunk
+                and self._inline < INLINE_DEPTH
+                and threading.get_ident() == self._main)
+
+    def _run(self, frames: list) -> tuple:
+        self._inline += 1
+        try:
+            return tasks.execute(frames, self.where())
+        finally:
+            self._inline -= 1
+            self.send_held()
+
+    def where(self) -> str:
+        return f"the origin (host {self.host}, pid {os.getpid()})"
 
     def leave(self, reason: str) -> None:
         """The run was stopped under the script (its launcher is gone)."""

@@ -13,7 +13,6 @@ there, on top of the waiting one (see ``client.Client.block_until``).
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -21,7 +20,7 @@ from collections import deque
 
 from . import bootstrap, protocol, runtime, serialization, tasks
 from .config import Config
-from .client import HOLD_LIMIT, Client, exit_now, log
+from .client import Client, exit_now, log
 from .protocol import Msg, Role
 
 # Nested tasks run on the stack of the tasks that wait under them: give the
@@ -53,8 +52,6 @@ class WorkerClient(Client):
         self._depth = 0
         self.script_error: str | None = None
         self.importing = False
-        self._held: tuple | None = None  # (future, frames, flags, since)
-        self._hold_lock = threading.Lock()
         self._prefetch = 0
         self._took = 0.0  # recent task durations, smoothed
         self._serving = threading.get_ident()
@@ -66,54 +63,16 @@ class WorkerClient(Client):
                 "futures were used at the top level of the script, which every "
                 "worker runs when it imports the script; put that code under "
                 "'if __name__ == \"__main__\":'")
-        if not self._depth or threading.get_ident() != self._serving:
-            return super()._submit(frames, label, chunk, flags)
-        future = self._new_future(label, chunk)
-        with self._hold_lock:
-            previous, self._held = self._held, (future, frames, flags, time.monotonic())
-        if previous is None:
-            self.heartbeat.nudge()
-        else:
-            self._send_child(previous)
-        return future
+        return super()._submit(frames, label, chunk, flags)
 
-    def _take_held(self) -> tuple | None:
-        with self._hold_lock:
-            held, self._held = self._held, None
-        return held
-
-    def _send_child(self, held: tuple) -> None:
-        future, frames, flags, _ = held
-        self.send_submit(future._tid, flags, frames)
-
-    def due_in(self) -> float | None:
-        due = super().due_in()
-        held = self._held
-        if held is not None:
-            held_due = held[3] + HOLD_LIMIT - time.monotonic()
-            due = held_due if due is None else min(due, held_due)
-        return due
-
-    def send_due(self) -> None:
-        with self._hold_lock:
-            held = self._held
-            if held is not None and time.monotonic() - held[3] >= HOLD_LIMIT:
-                self._held = None
-            else:
-                held = None
-        if held is not None:
-            self._send_child(held)
-        super().send_due()
+    def may_hold(self, chunk: bool) -> bool:
+        return bool(self._depth) and threading.get_ident() == self._serving
 
     def before_block(self) -> None:
         # About to wait: rather than idle, run the held child here.
         held = self._take_held()
-        if held is None:
-            return
-        future, frames, _, _ = held
-        status, outcome = self._run(frames)
-        if self._futures.pop(future._tid, None) is not None:
-            tasks.settle(future, future._chunk, status, outcome)
+        if held is not None:
+            self.run_held(held)
 
     def _run(self, frames: list) -> tuple:
         """Run a task at one more level of nesting; send what it left held."""
@@ -122,9 +81,7 @@ class WorkerClient(Client):
             return tasks.execute(frames, self.where(), self.script_error)
         finally:
             self._depth -= 1
-            held = self._take_held()
-            if held is not None:
-                self._send_child(held)
+            self.send_held()
 
     def serve(self) -> None:
         """Handle messages until the broker ends the run."""
@@ -174,8 +131,6 @@ class WorkerClient(Client):
             self._prefetch = wanted
             self.send(Msg.CREDIT, wanted)
 
-    def where(self) -> str:
-        return f"worker {self.name} (host {self.host}, pid {os.getpid()})"
 
 
 def _power_of_two(x: float) -> int:

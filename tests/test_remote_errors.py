@@ -1,6 +1,7 @@
 """Errors raised on workers, and calls or results that cannot be pickled."""
 
 import json
+import os
 import re
 import socket
 
@@ -24,7 +25,8 @@ REMOTE_ERROR = """
         workers = warm_up(2)
         out = {"workers": {str(pid): name for pid, name in workers.items()}}
         try:
-            futures.submit(compute, 3).result()
+            # With a timeout the wait never runs the task in the origin.
+            futures.submit(compute, 3).result(timeout=60)
         except PlanError as exc:
             out["submit"] = {"type": type(exc).__name__,
                              "same_class": type(exc) is PlanError,
@@ -36,7 +38,7 @@ REMOTE_ERROR = """
         except ZeroDivisionError as exc:
             out["map"] = {"type": type(exc).__name__,
                           "cause": str(exc.__cause__) if exc.__cause__ else None}
-        out["after"] = futures.submit(compute, 4).result()
+        out["after"] = futures.submit(compute, 4).result(timeout=60)
         print(json.dumps(out))
     """
 
@@ -182,3 +184,40 @@ def test_unpicklable_arguments_results_and_exceptions(tmp_path):
 
     assert out["after"] == out["before"], "a worker was replaced or lost"
     assert out["still_works"] == [2, 2]
+
+
+IN_ORIGIN = """
+    def where(x):
+        if x < 0:
+            raise ValueError("negative")  # FAILING-LINE
+        return os.getpid(), scoop_rt.IS_ORIGIN
+
+    if __name__ == "__main__":
+        warm_up(2)
+        out = {"origin": os.getpid()}
+        out["direct"] = futures.submit(where, 1).result()
+        out["timed"] = futures.submit(where, 1).result(timeout=60)
+        try:
+            futures.submit(where, -1).result()
+        except ValueError as exc:
+            out["error"] = str(exc.__cause__)
+        print(json.dumps(out))
+    """
+
+
+def test_a_task_waited_on_at_once_runs_in_the_origin(tmp_path):
+    proc = run_scoop(tmp_path, IN_ORIGIN, prelude=True)
+    assert proc.returncode == 0, explain(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["direct"] == [out["origin"], True]     # ran here, as a call would
+    assert out["timed"][0] != out["origin"] and out["timed"][1] is False
+    assert "Traceback on the origin" in out["error"] and "FAILING-LINE" in out["error"]
+
+
+def test_run_in_origin_can_be_switched_off(tmp_path):
+    env = {**os.environ, "SCOOP_RT_RUN_IN_ORIGIN": "0"}
+    proc = run_scoop(tmp_path, IN_ORIGIN, prelude=True, env=env)
+    assert proc.returncode == 0, explain(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["direct"][0] != out["origin"] and out["direct"][1] is False
+    assert "Traceback on worker" in out["error"]
