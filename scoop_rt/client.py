@@ -572,7 +572,9 @@ class Client:
         for tid, status, frames in protocol.split_batch(msg):
             future = self._futures.pop(tid, None)
             if future is None or future._settled():
-                continue  # cancelled here, or a stale copy of a re-run task
+                # Cancelled here, or a stale copy of a re-run task.
+                serialization.release(frames)
+                continue
             tasks.settle(future, future._chunk, status, frames)
 
     def on_const(self, msg: protocol.Message) -> None:
