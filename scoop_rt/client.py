@@ -42,8 +42,13 @@ HOLD_LIMIT = 0.005  # longest a worker keeps a child to itself (see worker.py)
 # once, so a lone task never waits for company.
 BATCH_MAX = 64
 BATCH_BYTES = 1 << 20
-BATCH_DELAY = 0.001
+BATCH_DELAY = 0.002
 SUBMIT_GAP = 0.001
+# While a process holds or batches tasks, its heartbeat thread looks every
+# TICK seconds (until it has done neither for ACTIVE_SPAN), so that holding
+# and batching need not wake it each time; the first after a quiet spell does.
+TICK = 0.002
+ACTIVE_SPAN = 0.1
 
 
 def exit_now(code: int) -> None:
@@ -131,12 +136,20 @@ class Heartbeat(threading.Thread):
         self._wake_address = f"inproc://scoop_rt-heartbeat-{id(self)}"
         self._wake = client.ctx.socket(zmq.PAIR)
         self._wake.bind(self._wake_address)
+        self.wakes_at = float("inf")  # when its current sleep ends
 
     def stop(self) -> None:
         self.stopped.set()
         self.nudge()
         self.join(timeout=1.0)
         self._wake.close(linger=0)
+
+    def wake_by(self, deadline: float) -> None:
+        """Make sure the thread looks at the client by ``deadline``
+        (monotonic): wake it only if it would sleep past that, so a process
+        that holds and batches often wakes it seldom."""
+        if self.wakes_at > deadline:
+            self.nudge()
 
     def nudge(self) -> None:
         """Wake the thread to look at the client again (from the main thread).
@@ -173,7 +186,14 @@ class Heartbeat(threading.Thread):
                 due = c.due_in()
                 if due is not None:
                     timeout = min(timeout, max(0.0, due))
+                if now - c.active_at < ACTIVE_SPAN:
+                    timeout = min(timeout, TICK)
+                # Set after due_in() looked: whoever holds or batches after
+                # that sees either this deadline or "awake" (infinity, so it
+                # nudges), never a stale one.
+                self.wakes_at = time.monotonic() + timeout
                 events = dict(poller.poll(timeout * 1000))
+                self.wakes_at = float("inf")
                 if self.stopped.is_set():
                     return
                 if wake in events:
@@ -221,6 +241,7 @@ class Client:
         self.name: str = boot["name"]
         self.size: int = boot["size"]
         self.host = socket.gethostname()
+        self.pid = os.getpid()
         self.identity = f"{self.name}:{os.getpid()}:{os.urandom(4).hex()}".encode()
         self.ctx = zmq.Context()
         # Received on by the driving thread only; sent on by start() only.
@@ -236,6 +257,7 @@ class Client:
         self._batch_bytes = 0
         self._batch_since: float | None = None
         self._last_submit = 0.0
+        self.active_at = 0.0  # when this process last held or batched a task
         # A task held back by this process, not sent yet (see may_hold).
         self._held: tuple | None = None  # (future, frames, flags, since)
         self._hold_lock = threading.Lock()
@@ -303,7 +325,8 @@ class Client:
 
         With ``at_once``, a batch that would hold only this entry is sent now.
         """
-        nudge = False
+        nudge = 0.0  # by when the heartbeat thread must look, if it must
+        self.active_at = time.monotonic()
         with self._send_lock:
             if self._batch_since is None:
                 if at_once:
@@ -311,14 +334,14 @@ class Client:
                         self.tx, protocol.encode_batch(msg_type, [entry]))
                     return
                 self._batch_since = time.monotonic()
-                nudge = True
+                nudge = self._batch_since + BATCH_DELAY
             batch = self._batches[msg_type]
             batch.append(entry)
             self._batch_bytes += _nbytes(entry[2])
             if len(batch) >= BATCH_MAX or self._batch_bytes >= BATCH_BYTES:
                 self._flush_locked()
         if nudge:
-            self.heartbeat.nudge()
+            self.heartbeat.wake_by(nudge)
 
     def flush(self) -> None:
         """Send every batch waiting to go."""
@@ -379,10 +402,11 @@ class Client:
         if not self.may_hold(chunk):
             self.send_submit(future._tid, flags, frames)
             return future
+        now = self.active_at = time.monotonic()
         with self._hold_lock:
-            previous, self._held = self._held, (future, frames, flags, time.monotonic())
+            previous, self._held = self._held, (future, frames, flags, now)
         if previous is None:
-            self.heartbeat.nudge()
+            self.heartbeat.wake_by(now + HOLD_LIMIT)
         else:
             self._send_held(previous)
         return future
@@ -435,7 +459,8 @@ class Client:
         return tasks.execute(frames, self.where())
 
     def where(self) -> str:
-        return f"{self.role.value} {self.name} (host {self.host}, pid {os.getpid()})"
+        """Where this process's tasks run, for their tracebacks."""
+        return f"{self.role.value} {self.name} (host {self.host}, pid {self.pid})"
 
     def send_submit(self, tid: int, flags: Flags, frames: list) -> None:
         now = time.monotonic()

@@ -57,7 +57,7 @@ class OriginClient(Client):
             self.send_held()
 
     def where(self) -> str:
-        return f"the origin (host {self.host}, pid {os.getpid()})"
+        return f"the origin (host {self.host}, pid {self.pid})"
 
     def leave(self, reason: str) -> None:
         """The run was stopped under the script (its launcher is gone)."""
