@@ -9,8 +9,12 @@ anything. The keys are made fresh for each run by ``make_keys``.
 
 from __future__ import annotations
 
-import zmq
+import threading
 
+import zmq
+from zmq.utils import z85
+
+from . import ipc
 from .protocol import heartbeat_identity
 
 
@@ -29,14 +33,49 @@ def client_keys(keys: dict) -> dict:
     return {k: keys[k] for k in ("server_public", "client_public", "client_secret")}
 
 
-class _OnlyRunClients:
-    """ZAP credentials check: the run's client key, and nothing else."""
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks (RFC 27)
 
-    def __init__(self, client_public: str):
-        self._key = client_public.encode()
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key == self._key
+class _OnlyRunClients(threading.Thread):
+    """The broker's ZAP handler: admits a CURVE client presenting the run's
+    client key, and nothing else.
+
+    pyzmq's ``zmq.auth.thread`` does the same, but imports asyncio to do it,
+    which took more of a broker's start-up than everything else it does. The
+    handler's socket is bound here, before the broker's socket exists, so no
+    connection is ever accepted without the check; it answers on its own
+    thread, and leaves when the context is terminated.
+    """
+
+    def __init__(self, ctx: zmq.Context, client_public: str):
+        super().__init__(name="scoop_rt-zap", daemon=True)
+        self._key = z85.decode(client_public.encode())
+        self._sock = ctx.socket(zmq.REP)
+        self._sock.linger = 0
+        self._sock.bind(ZAP_ENDPOINT)
+
+    def run(self) -> None:
+        try:
+            while True:
+                self._sock.send_multipart(self.answer(self._sock.recv_multipart()))
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            self._sock.close()
+
+    def answer(self, request: list) -> list:
+        """The reply to one ZAP request: 200 for the run's client, else 400."""
+        if len(request) < 2:  # no request id to answer: refuse anyway
+            return [b"1.0", b"", b"400", b"malformed request", b"", b""]
+        version, request_id = request[:2]
+        mechanism, credentials = request[5:6], request[6:]
+        if (version == b"1.0" and mechanism == [b"CURVE"]
+                and credentials == [self._key]):
+            return [b"1.0", request_id, b"200", b"OK", b"run client", b""]
+        return [b"1.0", request_id, b"400", b"not this run's key", b"", b""]
+
+    def stop(self) -> None:
+        """Nothing to do: terminating the context ends the thread."""
 
 
 def _tune(sock: zmq.Socket) -> None:
@@ -83,13 +122,17 @@ class Listener:
         self.sock.close(linger=linger_ms)
         if self.authenticator is not None:
             self.authenticator.stop()
+        ipc.remove(self.endpoint)  # the launcher's folder, if it is gone
 
 
 def bind_router(ctx: zmq.Context, host: str, keys: dict | None,
-                port_range: tuple[int, int] | None = None) -> Listener:
+                port_range: tuple[int, int] | None = None,
+                listen_fd: int | None = None) -> Listener:
     """The broker's ROUTER socket bound on ``host``.
 
-    The port is ephemeral, or the first free one in ``port_range``.
+    The port is ephemeral, or the first free one in ``port_range``. Or
+    ``host`` is the ``ipc://`` endpoint of ``listen_fd``, a socket the
+    launcher bound already (see ``ipc``).
     """
     sock = ctx.socket(zmq.ROUTER)
     _tune(sock)
@@ -98,14 +141,15 @@ def bind_router(ctx: zmq.Context, host: str, keys: dict | None,
     sock.backlog = 4096
     auth = None
     if keys:
-        from zmq.auth.thread import ThreadAuthenticator
-        auth = ThreadAuthenticator(ctx)
+        auth = _OnlyRunClients(ctx, keys["client_public"])
         auth.start()
-        auth.configure_curve_callback(
-            "*", credentials_provider=_OnlyRunClients(keys["client_public"]))
         sock.curve_server = True
         sock.curve_publickey = keys["server_public"].encode()
         sock.curve_secretkey = keys["server_secret"].encode()
+    if listen_fd is not None:
+        sock.use_fd = listen_fd
+        sock.bind(host)
+        return Listener(sock, host, auth)
     if port_range is None:
         port = sock.bind_to_random_port(f"tcp://{host}")
     else:

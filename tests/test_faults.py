@@ -219,6 +219,13 @@ LONG_RUN = """
     """
 
 
+def socket_folders(broker):
+    """The folders of the broker's Unix sockets (its listening one, and the
+    connections it accepted there)."""
+    return {os.path.dirname(c.laddr) for c in broker.net_connections(kind="unix")
+            if c.laddr}
+
+
 @pytest.mark.parametrize("victim", ["launcher", "broker", "origin"])
 def test_killing_any_part_leaves_no_orphan(tmp_path, victim):
     launcher = start("-n", 2, script(tmp_path, LONG_RUN))
@@ -226,10 +233,15 @@ def test_killing_any_part_leaves_no_orphan(tmp_path, victim):
         assert launcher.stdout.readline().strip() == "started"
         roles = role_processes(launcher.pid)
         everyone = [psutil.Process(launcher.pid)] + [p for ps in roles.values() for p in ps]
+        folders = socket_folders(roles["broker"][0])
+        assert folders, "a local run's broker listens on a Unix socket"
         target = psutil.Process(launcher.pid) if victim == "launcher" else roles[victim][0]
         target.kill()
         gone, still = psutil.wait_procs(everyone, timeout=30)
         assert not alive(still), [p.cmdline() for p in alive(still)]
+        # Whoever is left removes the socket's folder (the broker, when the
+        # launcher was killed).
+        assert not [f for f in folders if os.path.exists(f)], folders
     finally:
         if launcher.poll() is None:
             launcher.kill()

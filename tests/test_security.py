@@ -13,6 +13,9 @@ import time
 
 import psutil
 import pytest
+import zmq
+
+from scoop_rt import ipc, transport
 
 TIMEOUT = 60
 
@@ -38,9 +41,10 @@ VICTIM = textwrap.dedent("""\
         print(sum(futures.map(square, range(100))), shared.getConst("secret"))
     """)
 
-# Connects to each port given, plain and with made-up CURVE keys, and sends
-# every kind of message the protocol knows, with a payload whose unpickling
-# would create the marker file. Raw bytes too. Exits 0 when done.
+# Connects to each endpoint given (tcp:// or ipc://), plain and with made-up
+# CURVE keys, and sends every kind of message the protocol knows, with a
+# payload whose unpickling would create the marker file. Raw bytes too.
+# Exits 0 when done.
 ROGUE = textwrap.dedent("""\
     import os, pickle, socket, sys, time
     import zmq
@@ -48,7 +52,7 @@ ROGUE = textwrap.dedent("""\
     from scoop_rt import protocol
     from scoop_rt.protocol import Msg
 
-    marker, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+    marker, endpoints = sys.argv[1], sys.argv[2:]
 
     class Evil:
         def __reduce__(self):
@@ -71,8 +75,7 @@ ROGUE = textwrap.dedent("""\
     ]
     ctx = zmq.Context()
     replies = []
-    for port in ports:
-        address = "tcp://127.0.0.1:%d" % port
+    for address in endpoints:
         for curve in (False, True):
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
@@ -89,13 +92,24 @@ ROGUE = textwrap.dedent("""\
             while sock.poll(max(0, deadline - time.monotonic()) * 1000):
                 replies.append(sock.recv_multipart())
             sock.close()
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        if address.startswith("tcp://"):
+            host, port = address[len("tcp://"):].rsplit(":", 1)
+            raw = socket.create_connection((host, int(port)), timeout=5)
+        else:
+            raw = socket.socket(socket.AF_UNIX)
+            try:
+                raw.connect(address[len("ipc://"):])
+            except PermissionError:
+                raw.close()
+                print("refused at", address)
+                continue
+        with raw:
             raw.sendall(b"\\xff" * 64 + evil[0] * 10)
             time.sleep(0.2)
     if replies:
         print("GOT", len(replies), "REPLIES, first:", replies[0][:2])
         sys.exit(3)
-    print("attacked", len(ports), "ports")
+    print("attacked", len(endpoints), "endpoints")
     """)
 
 
@@ -155,8 +169,14 @@ def can_drop_privileges():
     return os.geteuid() == 0 and shutil.which("setpriv") is not None
 
 
+# A local run listens on a Unix socket; --port-range makes it use TCP, as a
+# cluster run does.
+TCP = ("--port-range", "40000-60000")
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
 @pytest.mark.parametrize("user", ["root", "nobody"])
-def test_rogue_client_cannot_run_code_or_stop_the_run(shared_dir, user):
+def test_rogue_client_cannot_run_code_or_stop_the_run(shared_dir, user, transport):
     if user == "nobody" and not can_drop_privileges():
         pytest.skip("needs root and setpriv to run the rogue client as nobody")
     if user == "root" and os.geteuid() != 0:
@@ -167,18 +187,26 @@ def test_rogue_client_cannot_run_code_or_stop_the_run(shared_dir, user):
     with open(rogue, "w") as f:
         f.write(ROGUE)
     os.chmod(rogue, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    proc, endpoint, go_file = start_victim(shared_dir)
+    proc, endpoint, go_file = start_victim(shared_dir, *(TCP if transport == "tcp" else ()))
     try:
         procs = run_processes(psutil.Process(proc.pid))
         ports = sorted({addr.port for addr in listening(procs)})
-        assert str(int(endpoint.rsplit(":", 1)[1])) in map(str, ports)
-        argv = [sys.executable, rogue, marker, *map(str, ports)]
+        if transport == "tcp":
+            assert str(int(endpoint.rsplit(":", 1)[1])) in map(str, ports)
+            targets = ["tcp://127.0.0.1:%d" % port for port in ports]
+        else:
+            assert endpoint.startswith("ipc://") and not ports, (endpoint, ports)
+            targets = [endpoint]
+        argv = [sys.executable, rogue, marker, *targets]
         if user == "nobody":
             argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                     *argv]
         attack = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
         assert attack.returncode == 0, attack.stdout + attack.stderr
-        assert f"attacked {len(ports)} ports" in attack.stdout
+        assert f"attacked {len(targets)} endpoints" in attack.stdout
+        if transport == "ipc" and user == "nobody":
+            # The socket's folder keeps other users from even connecting.
+            assert "refused at" in attack.stdout, attack.stdout
     finally:
         code, out, err = finish(proc, go_file)
     assert code == 0, err
@@ -187,7 +215,7 @@ def test_rogue_client_cannot_run_code_or_stop_the_run(shared_dir, user):
 
 
 def test_local_run_listens_on_loopback_only(shared_dir):
-    proc, endpoint, go_file = start_victim(shared_dir)
+    proc, endpoint, go_file = start_victim(shared_dir, *TCP)
     try:
         addresses = listening(run_processes(psutil.Process(proc.pid)))
     finally:
@@ -216,3 +244,41 @@ def test_bad_port_range_is_one_line(tmp_path, value):
                            str(script)], capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "port range" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc"])
+def test_broker_socket_admits_only_the_run_client_key(kind):
+    """A client that knows the broker's public key but not the run's client
+    key is turned away by the key check (ZAP); the run's own client gets in."""
+    keys = transport.make_keys()
+    stranger = dict(transport.client_keys(keys))
+    public, secret = zmq.curve_keypair()
+    stranger.update(client_public=public.decode(), client_secret=secret.decode())
+    ctx = zmq.Context()
+    local = ipc.listen() if kind == "ipc" else None
+    if local:
+        listener = transport.bind_router(ctx, local.endpoint, keys, listen_fd=local.fd)
+        local.sock.detach()  # the ROUTER socket owns the descriptor now
+        local.sock = None
+    else:
+        listener = transport.bind_router(ctx, "127.0.0.1", keys)
+    clients = []
+    try:
+        for identity, client_keys in ((b"stranger", stranger),
+                                      (b"member", transport.client_keys(keys))):
+            sock = transport.connect_dealer(ctx, listener.endpoint, client_keys, identity)
+            sock.send(b"hello")
+            clients.append(sock)
+        received = []
+        while listener.sock.poll(1000):
+            received.append(listener.sock.recv_multipart())
+        assert received == [[b"member", b"hello"]]
+    finally:
+        for sock in clients:
+            sock.close(linger=0)
+        listener.close(linger_ms=0)
+        ctx.term()
+        if local:
+            local.remove()
+    if local:
+        assert not os.path.exists(local.folder)

@@ -76,7 +76,8 @@ class Broker:
         keys = boot.get("keys") if self.config.secure else None
         port_range = tuple(boot["port_range"]) if boot.get("port_range") else None
         self.listener = transport.bind_router(
-            self.ctx, boot.get("bind", "127.0.0.1"), keys, port_range)
+            self.ctx, boot.get("bind", "127.0.0.1"), keys, port_range,
+            boot.get("listen_fd"))
         self.sock = self.listener.sock
         self.endpoint = self.listener.endpoint
         self.peers: dict[bytes, Peer] = {}

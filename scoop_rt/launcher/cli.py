@@ -15,6 +15,7 @@ import shlex
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..bootstrap import setup_logging
@@ -22,7 +23,9 @@ from ..config import from_environment
 from . import cluster, hosts as hostlib
 from .hosts import HostError
 from .run import LaunchError, Run, RunSpec
-from .ssh import SSHOptions
+
+if TYPE_CHECKING:
+    from .ssh import SSHOptions
 
 EXIT_USAGE = 2
 EXIT_HOSTS = 1
@@ -165,6 +168,7 @@ def _join_hosts(argv: list) -> list:
 
 
 def _ssh_options(args: argparse.Namespace) -> SSHOptions:
+    from .ssh import SSHOptions  # only runs with remote hosts need SSH
     return SSHOptions(connect_timeout=args.ssh_timeout,
                       accept_unknown_hosts=args.accept_unknown_hosts,
                       python=args.python_interpreter or sys.executable,
@@ -193,9 +197,9 @@ def _main(argv: list | None) -> int:
         print(f"scoop_rt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config, "launcher")
-    options = _ssh_options(args)
     total = args.workers or resolved.default_workers
     remote_names = [h.name for h in resolved.hosts if not hostlib.is_local(h.name)]
+    options = _ssh_options(args) if remote_names else None
     if args.dry_run:
         print(_dry_run(resolved, total, remote_names, options, script, args))
         return 0

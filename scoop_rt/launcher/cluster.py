@@ -12,12 +12,14 @@ import concurrent.futures as cf
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from . import hosts as hostlib
 from .. import __version__
 from .hosts import Host, HostError
-from .ssh import HostFailure, SSHHost, SSHOptions, load_config
+
+if TYPE_CHECKING:  # SSH is imported only for runs that have remote hosts
+    from .ssh import HostFailure, SSHHost, SSHOptions
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Contacted:
 
 
 def _reach(name: str, options: SSHOptions, config, script: str) -> tuple:
+    from .ssh import HostFailure, SSHHost
     host = SSHHost(name, options, config)
     try:
         host.connect()
@@ -73,6 +76,7 @@ def contact(names: Sequence[str], options: SSHOptions, script: str) -> Contacted
     result = Contacted()
     if not names:
         return result
+    from .ssh import HostFailure, load_config
     config = load_config()
     with cf.ThreadPoolExecutor(max_workers=min(32, len(names))) as pool:
         futures = {pool.submit(_reach, n, options, config, script): n for n in names}

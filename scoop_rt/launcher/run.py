@@ -2,10 +2,14 @@
 wait for the origin, and tear everything down.
 
 Start-up overlaps: every process is started at once and reads its bootstrap
-from a pipe, which the launcher writes as soon as the broker has reported the
-port it bound. Teardown is layered and idempotent: the broker ends the run
-when the origin says goodbye; whatever is still alive after a grace period
-is terminated, then its whole process tree killed.
+from a pipe. A run on this machine alone listens on a Unix socket that the
+launcher binds before anything starts (``ipc``), so the bootstraps are
+written at once; a run with remote hosts writes them as soon as the broker
+has reported the port it bound. Keys and bootstraps are made while the
+processes start, and pyzmq is imported only then. Teardown is layered and
+idempotent: the broker ends the run when the origin says goodbye; whatever is
+still alive after a grace period is terminated, then its whole process tree
+killed.
 """
 
 from __future__ import annotations
@@ -21,10 +25,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .. import __version__, shm, transport
+from .. import __version__, ipc, shm
 from ..config import Config
 from . import output, spawn
-from .watch import WorkerWatch
 
 log = logging.getLogger("scoop_rt")
 
@@ -61,7 +64,8 @@ class Run:
         self.spec = spec
         self.remote = remote or {}
         self.spawner = spawn.LocalSpawner()
-        self.keys = transport.make_keys() if spec.config.secure else None
+        self.keys: dict | None = None  # made while the processes start
+        self.local_endpoint: ipc.LocalEndpoint | None = None
         # Large buffers go through /dev/shm when every process is on this host.
         self.shm_token = None if self.remote else shm.new_token()
         self.broker: subprocess.Popen | None = None
@@ -70,14 +74,20 @@ class Run:
         self.forwarder = output.Forwarder()
         self._stopped = False
         self._signal: tuple | None = None  # (signum, when) of a stop signal
-        self.watch: WorkerWatch | None = None
+        self.watch = None  # a watch.WorkerWatch once the run is up
 
     # -- start ----------------------------------------------------------------
 
     def start(self) -> None:
         py = spawn.python()
-        self.broker = self.spawner.start_broker(spawn.module_argv(py, "scoop_rt.broker"))
-        spawn.write_close(self.broker.stdin, self._broker_boot())
+        if not self.remote and self.spec.port_range is None:
+            self.local_endpoint = ipc.listen()
+        listener = self.local_endpoint
+        self.broker = self.spawner.start_broker(
+            spawn.module_argv(py, "scoop_rt.broker"),
+            pass_fds=(listener.fd,) if listener else ())
+        if listener:
+            listener.close_listener()  # the broker's now, and gone with it
         names = self._names()
         local = [(name, host) for name, host in names if host not in self.remote]
         for _ in local:
@@ -97,19 +107,24 @@ class Run:
         if self._signal:
             self.origin.send_signal(self._signal[0])
         try:
-            endpoint = self._broker_endpoint()
+            self.keys = _make_keys() if self.spec.config.secure else None
+            spawn.write_close(self.broker.stdin, self._broker_boot())
+            endpoint = listener.endpoint if listener else self._broker_endpoint()
         except BaseException:
             os.close(origin_pipe)
             raise
         for proc, (name, _) in zip(self.workers, local):
             spawn.write_close(proc.stdin, _json(self._client_boot(endpoint, name)))
         watched = [([name], proc) for proc, (name, _) in zip(self.workers, local)]
-        with os.fdopen(origin_pipe, "wb") as pipe:
-            pipe.write(_json(self._client_boot(endpoint, "origin")))
+        spawn.write_close(os.fdopen(origin_pipe, "wb"),
+                          _json(self._client_boot(endpoint, "origin")))
+        if listener:
+            self._broker_endpoint()  # it started, or the run stops here
         for host_name, host in self.remote.items():
             mine = [name for name, h in names if h == host_name]
             if mine:
                 watched.append((mine, self._start_remote(host, endpoint, mine)))
+        from .watch import WorkerWatch
         self.watch = WorkerWatch(endpoint, self._client_keys(), watched)
         self.watch.start()
 
@@ -135,12 +150,16 @@ class Run:
         return agent
 
     def _broker_boot(self) -> bytes:
+        listener = self.local_endpoint
         return _json({"config": self.spec.config.to_dict(), "keys": self.keys,
                       "version": __version__, "size": self.spec.workers,
-                      "bind": self.spec.bind, "port_range": self.spec.port_range,
+                      "bind": listener.endpoint if listener else self.spec.bind,
+                      "listen_fd": listener.fd if listener else None,
+                      "port_range": self.spec.port_range,
                       "parent_pid": os.getpid()})
 
     def _client_keys(self) -> dict | None:
+        from .. import transport
         return transport.client_keys(self.keys) if self.keys else None
 
     def _client_boot(self, endpoint: str, name: str, host: str | None = None) -> dict:
@@ -148,7 +167,8 @@ class Run:
                 "endpoint": endpoint, "name": name, "size": self.spec.workers,
                 "script": self.spec.script, "argv": self.spec.argv,
                 "host": host or socket.gethostname(),
-                "broker_host": socket.gethostname(), "shm": self.shm_token}
+                "broker_host": socket.gethostname(), "shm": self.shm_token,
+                "local": not self.remote}
 
     def _broker_endpoint(self) -> str:
         """The endpoint the broker reports on its stdout once bound."""
@@ -191,6 +211,26 @@ class Run:
         if self.origin is not None and self.origin.poll() is None:
             self.origin.send_signal(signum)
 
+    def _broker_left(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the broker to exit.
+
+        It lingers until its goodbyes are delivered, and up to 0.2 s over one
+        to a process that was leaving at that moment; once every other
+        process of the run is gone, nobody is left to hear them, so it is
+        killed instead of waited for.
+        """
+        others = [p for p in [self.origin, *self.workers] if p]
+        end = time.monotonic() + timeout
+        while True:
+            left = max(0.0, end - time.monotonic())
+            if spawn.wait_quietly(self.broker, min(0.01, left)) is not None:
+                return True
+            if all(p.poll() is not None for p in others):
+                _signal(self.broker, signal.SIGKILL)  # it starts no processes
+                return True
+            if not left:
+                return False
+
     def stop(self) -> None:
         """Make sure no process of the run is left; safe to call twice."""
         if self._stopped:
@@ -203,11 +243,15 @@ class Run:
         # The broker ends the run on the origin's goodbye; if the origin left
         # without one (killed), the broker hears it from us instead.
         killed = self.origin is None or (self.origin.poll() or 0) < 0
-        if self.broker is not None and not _wait_all([self.broker], 0 if killed else grace / 2):
+        if self.broker is not None and not self._broker_left(0 if killed else grace / 2):
             _signal(self.broker, signal.SIGTERM)
             _wait_all([self.broker], grace / 2)
         # The broker told every process that had joined; one still here did
-        # not hear it (it was starting, or is stuck): stop it.
+        # not hear it (it was starting, or is stuck): stop it. One without a
+        # socket open cannot hear anything: it is stopped without a wait.
+        for proc in procs:
+            if spawn.never_connected(proc):
+                _signal(proc, signal.SIGTERM)
         if not _wait_all(procs, LEAVE_TIME):
             for proc in procs:
                 _signal(proc, signal.SIGTERM)
@@ -216,6 +260,8 @@ class Run:
             spawn.kill_tree(proc)
         _wait_all(procs, 1.0)
         shm.remove_run(self.shm_token)
+        if self.local_endpoint is not None:
+            self.local_endpoint.remove()
         self.forwarder.close(timeout=1.0)
 
 
@@ -242,6 +288,11 @@ def _signal(proc: subprocess.Popen, signum: int) -> None:
             proc.send_signal(signum)
     except ProcessLookupError:
         pass
+
+
+def _make_keys() -> dict:
+    from .. import transport  # pyzmq: imported while the processes start
+    return transport.make_keys()
 
 
 def _json(data: dict) -> bytes:

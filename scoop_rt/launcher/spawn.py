@@ -14,8 +14,6 @@ import subprocess
 import sys
 from typing import Sequence
 
-import psutil
-
 from ..config import ENV_BOOT_FD, ENV_ROLE
 
 
@@ -42,10 +40,12 @@ class LocalSpawner(Spawner):
         env[ENV_ROLE] = role
         return env
 
-    def start_broker(self, argv: Sequence[str]) -> subprocess.Popen:
+    def start_broker(self, argv: Sequence[str],
+                     pass_fds: Sequence[int] = ()) -> subprocess.Popen:
+        """``pass_fds``: a listening socket the broker is to take over."""
         return subprocess.Popen(argv, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=self._env("broker"),
-                                start_new_session=True)
+                                start_new_session=True, pass_fds=pass_fds)
 
     def start_worker(self, argv: Sequence[str]) -> subprocess.Popen:
         return subprocess.Popen(argv, stdin=subprocess.PIPE,
@@ -77,6 +77,12 @@ def kill_tree(proc) -> None:
     if not isinstance(proc, subprocess.Popen):
         proc.kill()
         return
+    if proc.returncode is not None:
+        # Reaped: its pid may be another process's now, and what it started
+        # is no longer its children. (psutil is imported only past here: it
+        # costs a run's end more than the rest of the teardown.)
+        return
+    import psutil
     try:
         family = psutil.Process(proc.pid).children(recursive=True)
     except psutil.Error:
@@ -95,6 +101,21 @@ def kill_tree(proc) -> None:
         proc.kill()
     except ProcessLookupError:
         pass
+
+
+def never_connected(proc) -> bool:
+    """Whether a local process of the run is alive without a socket open:
+    still starting (its imports, say), so it has neither joined the run nor
+    heard the broker's goodbye, or it has lost every connection to the
+    broker. False when that cannot be told (no /proc, a remote process)."""
+    if not isinstance(proc, subprocess.Popen) or proc.poll() is not None:
+        return False
+    folder = f"/proc/{proc.pid}/fd"
+    try:
+        links = [os.readlink(os.path.join(folder, fd)) for fd in os.listdir(folder)]
+    except OSError:  # gone meanwhile, or no /proc here
+        return False
+    return not any(link.startswith("socket:") for link in links)
 
 
 def wait_quietly(proc: subprocess.Popen, timeout: float) -> int | None:

@@ -87,7 +87,9 @@ class WorkerWatch(threading.Thread):
                         for names, proc in watching if proc.poll() is not None]
                 self._send(sock, list(due), due)
         finally:
-            sock.close(linger=500)
+            # Reports still queued when the launcher stops are moot: the run
+            # is over, and the broker may be gone (they would wait 0.5 s).
+            sock.close(linger=500 if self._report_exited else 0)
             ctx.term()
 
     @staticmethod
