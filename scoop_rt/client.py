@@ -390,10 +390,12 @@ class Client:
         frames = serialization.dump_call(fn, args, kwargs)
         return self._submit(frames, serialization.describe(fn), False, flags)
 
-    def submit_chunk(self, fn: Callable, calls: Sequence[tuple]) -> Future:
+    def submit_chunk(self, fn: Callable, calls: Sequence,
+                     star: bool = False) -> Future:
         """A future whose result is ``(values, error)`` for ``fn`` over
-        ``calls``: the values up to the first error, and that error or None."""
-        frames = serialization.dump_chunk(fn, calls)
+        ``calls`` (items, or argument tuples with ``star``): the values up to
+        the first error, and that error or None."""
+        frames = serialization.dump_chunk(fn, calls, star)
         return self._submit(frames, serialization.describe(fn), True, Flags.NONE)
 
     def _submit(self, frames: list, label: str, chunk: bool,

@@ -112,7 +112,10 @@ class _Feeder:
             self.size = max(1, math.ceil(length / (self.rt.size * 4)))
         else:
             self.size = 1
-        self.calls = zip(*iterables)
+        # One iterable: its items travel as they are, and run as fn(item);
+        # several: tuples of one item of each, run as fn(*call).
+        self.star = len(iterables) != 1
+        self.calls = zip(*iterables) if self.star else iter(iterables[0])
         self.window = _window(self.rt)
 
     def fill(self, inflight: Any, add: Callable) -> None:
@@ -121,7 +124,7 @@ class _Feeder:
             chunk = list(itertools.islice(self.calls, self.size))
             if not chunk:
                 return
-            future = self.rt.submit_chunk(self.fn, chunk)
+            future = self.rt.submit_chunk(self.fn, chunk, self.star)
             serialization.claim_task_files(future)
             if self.adaptive:
                 future.add_done_callback(functools.partial(

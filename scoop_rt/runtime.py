@@ -38,8 +38,9 @@ class Sequential:
                     flags: Any = None) -> cf.Future:
         return self._run(serialization.dump_call(fn, args, kwargs), False)
 
-    def submit_chunk(self, fn: Callable, calls: Sequence[tuple]) -> cf.Future:
-        return self._run(serialization.dump_chunk(fn, calls), True)
+    def submit_chunk(self, fn: Callable, calls: Sequence,
+                     star: bool = False) -> cf.Future:
+        return self._run(serialization.dump_chunk(fn, calls, star), True)
 
     def _run(self, frames: list, chunk: bool) -> cf.Future:
         """Run a task as a worker would: from its pickled form, its outcome

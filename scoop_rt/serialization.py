@@ -38,9 +38,12 @@ SCRIPT_MODULES = ("__main__", SCRIPT_MODULE)
 OUT_OF_BAND_MIN = 64 * 1024
 PROTOCOL = 5
 
-# What a task payload carries: one call, or a chunk of calls of one function.
+# What a task payload carries: one call, or a chunk of calls of one function,
+# each on one item (``fn(item)``, a map over one iterable) or on a tuple of
+# arguments (``fn(*call)``, a map over several).
 CALL = 0
 CHUNK = 1
+STAR_CHUNK = 2
 
 
 def _is_script_global(obj: Any) -> bool:
@@ -203,14 +206,16 @@ def dump_call(fn: Callable, args: Sequence, kwargs: dict) -> list:
             f"{_culprit(fn, args, kwargs)}") from exc
 
 
-def dump_chunk(fn: Callable, calls: Sequence[tuple]) -> list:
-    """Frames of a task that calls ``fn(*call)`` for each of ``calls``."""
+def dump_chunk(fn: Callable, calls: Sequence, star: bool = False) -> list:
+    """Frames of a task that calls ``fn(item)`` for each item of ``calls``,
+    or ``fn(*call)`` for each with ``star``."""
     try:
-        return _note_task_files(dumps((CHUNK, fn, list(calls), {})))
+        return _note_task_files(dumps((STAR_CHUNK if star else CHUNK, fn,
+                                       list(calls), {})))
     except Exception as exc:
         detail = "the call cannot be pickled"
         for call in calls:
-            detail = _culprit(fn, call, {})
+            detail = _culprit(fn, call if star else (call,), {})
             if detail != "the call cannot be pickled":
                 break
         raise pickle.PicklingError(

@@ -6,6 +6,7 @@ behaves the same wherever it runs.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import pickle
 from typing import Sequence
 
@@ -26,8 +27,12 @@ def execute(payload: Sequence, where: str, script_error: str | None = None
     try:
         kind, fn, args, kwargs = serialization.loads(payload)
         if kind == serialization.CHUNK:
-            for call in args:
-                values.append(fn(*call))
+            # extend() keeps what it got before an error: the values up to
+            # the failing item.
+            values.extend(map(fn, args))
+            result = values
+        elif kind == serialization.STAR_CHUNK:
+            values.extend(itertools.starmap(fn, args))
             result = values
         else:
             result = fn(*args, **kwargs)

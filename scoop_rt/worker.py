@@ -33,6 +33,8 @@ RECURSION_LIMIT = 100_000
 # PREFETCH_STOP_ABOVE, so no task waits behind a long one.
 PREFETCH_COVER = 0.002
 PREFETCH_STOP_ABOVE = 0.01
+# Longest an outcome waits for the next ones of its batch before it goes.
+RESULT_WAIT = 0.0005
 
 
 class WorkerClient(Client):
@@ -110,9 +112,12 @@ class WorkerClient(Client):
         tid, flags, frames = self._inbox.popleft()
         started = time.monotonic()
         status, outcome = self._run(frames)
-        # The last outcome of a batch goes at once, with those before it.
+        # The last outcome of a batch goes at once, with those before it; so
+        # do outcomes that have waited RESULT_WAIT for company.
         self.queue(Msg.RESULT, (tid, int(status), outcome), at_once=not self._inbox)
-        if not self._inbox:
+        since = self._batch_since
+        if since is not None and (not self._inbox
+                                  or time.monotonic() - since >= RESULT_WAIT):
             self.flush()
         self._tune_prefetch(time.monotonic() - started)
         return True
