@@ -68,6 +68,10 @@ RESULT_PAYLOAD = b"ok"
 
 BATCH = 64                  # tasks per SUBMIT, as a real client's BATCH_MAX
 
+# Message headers, spelled by the protocol module once.
+TASK_HEAD = protocol.encode_batch(Msg.TASK, [])[0]
+RESULT_HEAD = protocol.encode_batch(Msg.RESULT, [])[0]
+
 PING = protocol.encode(Msg.PING)
 
 
@@ -176,12 +180,15 @@ def driver(conn, endpoint: str, keys: dict | None, index: int, names: list,
                     conn.send(("stopped",))
                     return
                 continue
-            msg = protocol.decode(sock.recv_multipart(copy=False))
-            if msg.type == Msg.TASK:
-                outcomes = [(tid, int(Status.OK), [RESULT_PAYLOAD])
-                            for tid, _, _ in protocol.split_batch(msg)]
-                tx_of[sock].send_multipart(protocol.encode_batch(Msg.RESULT, outcomes))
-                answered += len(outcomes)
+            frames = sock.recv_multipart()
+            if frames[0] == TASK_HEAD:
+                # Every task here has flags 0 and one payload frame, and every
+                # outcome status OK (0) and one frame: the RESULT's index is
+                # the TASK's, byte for byte.
+                count = len(frames) - 2
+                tx_of[sock].send_multipart(
+                    [RESULT_HEAD, frames[1], *[RESULT_PAYLOAD] * count])
+                answered += count
             # CONST, SHUTDOWN: nothing to do; the broker's end is ours to see.
         pinger.tick()
 
@@ -238,9 +245,10 @@ class Origin:
                     msg = protocol.decode(frames)
                     if msg.type != Msg.RESULT:
                         continue
-                    for tid, status, payload in protocol.split_batch(msg):
-                        if status != Status.OK:
-                            raise BenchError(f"a task failed: {payload!r}")
+                    index = msg.fields.index
+                    if any(status != Status.OK for status in index[1::3]):
+                        raise BenchError(f"a task failed: {msg.payload!r}")
+                    for tid in index[0::3]:
                         tid -= first
                         if 0 <= tid < tasks and not seen[tid]:
                             seen[tid] = 1
@@ -426,7 +434,7 @@ def measure_broker(secure: bool, workers: int, prefetches: list, tasks: list,
                           for r in ready) + ")"
               + (f"; {overflows} connections overflowed a listen queue meanwhile"
                  if overflows else ""), flush=True)
-        window = args.window or max(1000, 4 * workers)
+        window = args.window or max(1000, 64 * workers)
         for prefetch in prefetches:
             drivers.ask(("credit", prefetch), origin.pinger.tick)
             origin.tick_while(0.2)  # the CREDITs reach the broker first
@@ -649,13 +657,13 @@ def parse_args(argv=None):
     p.add_argument("--tasks", type=_ints,
                    help="tasks per measurement (default 10000,100000)")
     p.add_argument("--prefetch", type=_ints, default=[0, 32],
-                   help="CREDIT the workers ask for (default 0,1)")
+                   help="CREDIT the workers ask for (default 0,32)")
     p.add_argument("--security", default="on,off",
                    help="on, off, or on,off (default): CURVE on the broker's socket")
     p.add_argument("--drivers", type=int, default=1,
                    help="processes that run the simulated workers (default 1)")
     p.add_argument("--window", type=int, default=0,
-                   help="tasks in flight (default max(1000, 4 x workers))")
+                   help="tasks in flight (default max(1000, 64 x workers))")
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds any one step may take (default 300)")
