@@ -24,8 +24,6 @@ import traceback
 import types
 from typing import Any, Callable, Sequence
 
-import cloudpickle
-
 from . import shm
 from .errors import RemoteError, RemoteTraceback
 
@@ -62,13 +60,26 @@ def _is_script_global(obj: Any) -> bool:
     return found is obj
 
 
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, except that the script's own top-level names go by name."""
+_pickler_class = None
 
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, (types.FunctionType, type)) and _is_script_global(obj):
-            return NotImplemented  # pickle's own save_global: module + name
-        return super().reducer_override(obj)
+
+def _by_value_pickler() -> type:
+    """cloudpickle's pickler, except that the script's own top-level names go
+    by name. cloudpickle is imported on first use: most tasks never need it,
+    and every process of a run would pay for its import at start-up (its
+    pickles import it by themselves where they are loaded)."""
+    global _pickler_class
+    if _pickler_class is None:
+        import cloudpickle
+
+        class _Pickler(cloudpickle.Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                if isinstance(obj, (types.FunctionType, type)) and _is_script_global(obj):
+                    return NotImplemented  # pickle's own save_global: module + name
+                return super().reducer_override(obj)
+
+        _pickler_class = _Pickler
+    return _pickler_class
 
 
 def dumps(obj: Any, share: bool = True) -> list:
@@ -92,7 +103,7 @@ def dumps(obj: Any, share: bool = True) -> list:
     except Exception:  # lambdas, closures, nested functions: by value
         buffers.clear()
         out = io.BytesIO()
-        _Pickler(out, protocol=PROTOCOL, buffer_callback=keep_large).dump(obj)
+        _by_value_pickler()(out, protocol=PROTOCOL, buffer_callback=keep_large).dump(obj)
         head = out.getvalue()
     frames = [head, *buffers]
     return _shared(frames) if share else frames

@@ -64,13 +64,10 @@ data.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import glob
 import logging
 import mmap
 import os
-import secrets
 import stat
 import struct
 import weakref
@@ -101,7 +98,7 @@ _PRESENT, _SWAPPED, _FILE_PAGE = 1 << 63, 1 << 62, 1 << 61
 
 def new_token() -> str:
     """A run's token: 128 random bits, in hex."""
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()
 
 
 def setup(token: str | None) -> None:
@@ -142,7 +139,7 @@ def share(view: memoryview) -> bytes | None:
     or ``/dev/shm`` is missing or full)."""
     if not enabled() or view.nbytes < SHM_MIN:
         return None
-    name = f"{PREFIX}{_token}-{secrets.token_hex(8)}"
+    name = f"{PREFIX}{_token}-{os.urandom(8).hex()}"
     if _relink(view, name):
         return _reference(view.nbytes, name)
     path = _path(name)
@@ -190,6 +187,7 @@ def _relink(view: memoryview, name: str) -> bool:
 
 def _address(view: memoryview) -> int | None:
     """Where ``view``'s memory starts (None for a read-only view)."""
+    import ctypes  # here: every process imports this module, few need it
     try:
         return ctypes.addressof(ctypes.c_char.from_buffer(view))
     except (TypeError, ValueError):
@@ -299,6 +297,7 @@ def remove_run(token: str | None) -> int:
     """Remove every file of the run ``token`` left in ``/dev/shm``; how many."""
     if not token:
         return 0
+    import glob
     removed = 0
     for path in glob.glob(os.path.join(DIRECTORY, f"{PREFIX}{token}-*")):
         try:
