@@ -22,7 +22,7 @@ from .protocol import Msg, Role
 
 # Tasks the origin runs itself, one inside another, at most (each takes
 # stack frames of the script's main thread).
-INLINE_DEPTH = 16
+INLINE_DEPTH = 32
 
 
 class OriginClient(Client):
@@ -44,8 +44,8 @@ class OriginClient(Client):
         self._may_run_here = self.config.run_in_origin and bool(boot.get("local"))
 
     def may_hold(self, chunk: bool) -> bool:
-        return (self._may_run_here and not chunk
-                and self._inline < INLINE_DEPTH
+        # A map's chunk too: only a map of one chunk waits on its newest.
+        return (self._may_run_here and self._inline < INLINE_DEPTH
                 and threading.get_ident() == self._main)
 
     def _run(self, frames: list) -> tuple:
