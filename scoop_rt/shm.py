@@ -311,6 +311,12 @@ def remove_run(token: str | None) -> int:
 
 
 def _references(frames: Sequence) -> Iterable[tuple[int, str]]:
+    if len(frames) < 2:
+        return ()  # a pickle head alone: nothing to look at, and most are
+    return _references_in(frames)
+
+
+def _references_in(frames: Sequence) -> Iterable[tuple[int, str]]:
     for frame in list(frames)[1:]:
         ref = reference(view_of(frame))
         if ref is not None:
