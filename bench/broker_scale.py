@@ -64,7 +64,7 @@ TARGET = 100_000            # tasks/s the issue asks for, with 1,000 workers
 PING_EVERY = 1.0            # seconds, as Config().heartbeat_interval
 BROKER_START_TIMEOUT = 30.0
 TASK_PAYLOAD = b"task"      # a few opaque bytes: the broker never looks inside
-RESULT_PAYLOAD = b"ok"
+RESULT_PAYLOAD = b"done"    # as long as TASK_PAYLOAD: see driver()
 
 BATCH = 64                  # tasks per SUBMIT, as a real client's BATCH_MAX
 
@@ -182,12 +182,12 @@ def driver(conn, endpoint: str, keys: dict | None, index: int, names: list,
                 continue
             frames = sock.recv_multipart()
             if frames[0] == TASK_HEAD:
-                # Every task here has flags 0 and one payload frame, and every
-                # outcome status OK (0) and one frame: the RESULT's index is
-                # the TASK's, byte for byte.
-                count = len(frames) - 2
+                # Every task here has flags 0 and a payload of one frame of
+                # 4 bytes, and every outcome status OK (0) and one frame of 4
+                # bytes: the RESULT's index is the TASK's, byte for byte.
+                count = len(frames[1]) // 32  # 4 integers of 8 bytes a task
                 tx_of[sock].send_multipart(
-                    [RESULT_HEAD, frames[1], *[RESULT_PAYLOAD] * count])
+                    [RESULT_HEAD, frames[1], RESULT_PAYLOAD * count])
                 answered += count
             # CONST, SHUTDOWN: nothing to do; the broker's end is ours to see.
         pinger.tick()
@@ -246,9 +246,9 @@ class Origin:
                     if msg.type != Msg.RESULT:
                         continue
                     index = msg.fields.index
-                    if any(status != Status.OK for status in index[1::3]):
+                    if any(status != Status.OK for status in index[1::4]):
                         raise BenchError(f"a task failed: {msg.payload!r}")
-                    for tid in index[0::3]:
+                    for tid in index[0::4]:
                         tid -= first
                         if 0 <= tid < tasks and not seen[tid]:
                             seen[tid] = 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import logging
+import math
 import os
 import socket
 import sys
@@ -157,8 +158,8 @@ class Heartbeat(threading.Thread):
         """Make sure the thread looks at the client by ``deadline``
         (monotonic): wake it only if it would sleep past that, so a process
         that holds and batches often wakes it seldom."""
-        if self.wakes_at > deadline:
-            self.nudge()
+        if self.wakes_at > deadline and threading.current_thread() is not self:
+            self.nudge()  # (the thread itself looks again before it sleeps)
 
     def nudge(self) -> None:
         """Wake the thread to look at the client again (from the main thread).
@@ -201,7 +202,9 @@ class Heartbeat(threading.Thread):
                 # that sees either this deadline or "awake" (infinity, so it
                 # nudges), never a stale one.
                 self.wakes_at = time.monotonic() + timeout
-                events = dict(poller.poll(timeout * 1000))
+                # In whole milliseconds, rounded up: poll(0.4) would be poll(0),
+                # and the thread would spin until the deadline.
+                events = dict(poller.poll(math.ceil(timeout * 1000)))
                 self.wakes_at = float("inf")
                 if self.stopped.is_set():
                     return
@@ -269,6 +272,7 @@ class Client:
         self.active_at = 0.0  # when this process last held or batched a task
         # A task held back by this process, not sent yet (see may_hold).
         self._held: tuple | None = None  # (future, frames, flags, since)
+        self._held_by = 0  # the thread that held it
         self._hold_lock = threading.Lock()
         self.welcomed = False
         self._drive_lock = threading.RLock()
@@ -387,10 +391,7 @@ class Client:
             held = self._held
             if held is not None and time.monotonic() - held[3] >= HOLD_LIMIT:
                 self._held = None
-            else:
-                held = None
-        if held is not None:
-            self._send_held(held)
+                self._send_held(held)
         since = self._batch_since
         if since is not None and time.monotonic() - since >= BATCH_DELAY:
             self.flush()
@@ -417,10 +418,11 @@ class Client:
         now = self.active_at = time.monotonic()
         with self._hold_lock:
             previous, self._held = self._held, (future, frames, flags, now)
+            self._held_by = threading.get_ident()
+            if previous is not None:
+                self._send_held(previous)
         if previous is None:
             self.heartbeat.wake_by(now + HOLD_LIMIT)
-        else:
-            self._send_held(previous)
         return future
 
     # -- held tasks -----------------------------------------------------------
@@ -441,13 +443,17 @@ class Client:
         return held
 
     def _send_held(self, held: tuple) -> None:
+        """Queue a held task's SUBMIT. Called under the hold lock, so that a
+        ``probe`` that no longer finds the task held finds its SUBMIT queued
+        ahead of the PROBE (lock order: hold, then send)."""
         future, frames, flags, _ = held
         self.send_submit(future._tid, flags, frames)
 
     def send_held(self) -> None:
-        held = self._take_held()
-        if held is not None:
-            self._send_held(held)
+        with self._hold_lock:
+            held, self._held = self._held, None
+            if held is not None:
+                self._send_held(held)
 
     def run_held(self, held: tuple) -> None:
         """Run a held task here and settle its future."""
@@ -459,8 +465,9 @@ class Client:
     def run_if_held(self, future: "Future") -> None:
         """Run ``future``'s task here if it is the one held back."""
         held = self._held
-        if held is None or held[0] is not future:
-            return
+        if (held is None or held[0] is not future
+                or self._held_by != threading.get_ident()):
+            return  # not held, or held by another thread, which runs it
         with self._hold_lock:
             if self._held is not held:
                 return
@@ -494,14 +501,13 @@ class Client:
         """Ask the broker where task ``tid`` stands (and cancel it if queued).
 
         A task still held back here is pending, and cancelled here."""
-        held = self._held
-        if held is not None and held[0]._tid == tid:
-            if not cancel:
-                return TaskState.PENDING
-            with self._hold_lock:
-                if self._held is held:
-                    self._held = None
-                    return TaskState.CANCELLED
+        with self._hold_lock:  # (a held task is sent under this lock)
+            held = self._held
+            if held is not None and held[0]._tid == tid:
+                if not cancel:
+                    return TaskState.PENDING
+                self._held = None
+                return TaskState.CANCELLED
         self._states.pop(tid, None)
         self.send(Msg.PROBE, tid, int(cancel))
         self.block_until(lambda: tid in self._states, None)

@@ -16,10 +16,10 @@ Who sends what:
                                          version, python
     WELCOME    broker -> client          size                           -
     REFUSED    broker -> client          reason                         -
-    SUBMIT     client -> broker          index: (tid, flags, n) each    the tasks
-    TASK       broker -> worker          index: (tid, flags, n) each    the tasks
-    RESULT     worker -> broker          index: (tid, status, n) each   the outcomes
-    RESULT     broker -> submitter       index: (tid, status, n) each   the outcomes
+    SUBMIT     client -> broker          index, heads                   the tasks' buffers
+    TASK       broker -> worker          index, heads                   the tasks' buffers
+    RESULT     worker -> broker          index, heads                   the outcomes' buffers
+    RESULT     broker -> submitter       index, heads                   the outcomes' buffers
     WAITING    worker -> broker          -                              -
     RESUMED    worker -> broker          -                              -
     PROBE      client -> broker          tid (the client's), cancel     -
@@ -35,9 +35,11 @@ Who sends what:
     NOTICE     broker -> origin (its hb)  text                           -
 
 ``SUBMIT``, ``TASK`` and ``RESULT`` carry a batch of one or more tasks: their
-index is a list of integer triples, one per task, whose third number says
-how many of the payload frames are that task's (``encode_batch`` and
-``split_batch``). A SUBMIT's and a RESULT-to-the-submitter's tids are the
+index is a list of four integers per task (tid, flags or status, how many
+frames its payload has, and how long the first of them is); ``heads`` is the
+first frame of every task's payload (its pickle), end to end; the payload
+frames are the other frames (large buffers), task after task
+(``encode_batch`` and ``split_batch``). A SUBMIT's and a RESULT-to-the-submitter's tids are the
 client's own; a TASK's and a RESULT-from-a-worker's are the broker's. Sending
 many small tasks in one message is what lets one broker serve a thousand
 workers: its cost is per message far more than per byte.
@@ -70,7 +72,7 @@ import struct
 from collections import namedtuple
 from typing import Any, NamedTuple, Sequence
 
-VERSION = 2
+VERSION = 3
 
 HEARTBEAT_SUFFIX = b"!hb"
 SEND_SUFFIX = b"!tx"
@@ -172,15 +174,16 @@ def _dec_ints(frame: bytes) -> list:
 INT = (_enc_int, _dec_int)
 STR = (_enc_str, _dec_str)
 INTS = (_enc_ints, _dec_ints)
+BYTES = (bytes, bytes)
 
 SCHEMA: dict[Msg, tuple[tuple[str, tuple], ...]] = {
     Msg.HELLO: (("role", STR), ("name", STR), ("host", STR), ("pid", INT),
                 ("version", STR), ("python", STR)),
     Msg.WELCOME: (("size", INT),),
     Msg.REFUSED: (("reason", STR),),
-    Msg.SUBMIT: (("index", INTS),),
-    Msg.TASK: (("index", INTS),),
-    Msg.RESULT: (("index", INTS),),
+    Msg.SUBMIT: (("index", INTS), ("heads", BYTES)),
+    Msg.TASK: (("index", INTS), ("heads", BYTES)),
+    Msg.RESULT: (("index", INTS), ("heads", BYTES)),
     Msg.WAITING: (),
     Msg.RESUMED: (),
     Msg.PROBE: (("tid", INT), ("cancel", INT)),
@@ -230,39 +233,60 @@ BATCHES = frozenset({Msg.SUBMIT, Msg.TASK, Msg.RESULT})
 
 def encode_batch(msg_type: Msg, entries: Sequence[tuple]) -> list:
     """Frames for a SUBMIT, TASK or RESULT carrying ``entries``, each
-    ``(tid, flags or status, payload frames)``."""
+    ``(tid, flags or status, payload frames)``.
+
+    The first frame of every entry (a task's or outcome's pickle, small as a
+    rule) goes into one ``heads`` frame; the others (large buffers) follow
+    as frames of their own. Each frame costs every hop a send, a receive and,
+    with CURVE, an encryption: a batch of small tasks now costs three."""
     index: list = []
-    payload: list = []
+    heads: list = []
+    rest: list = []
     for tid, value, frames in entries:
-        index += (tid, value, len(frames))
-        payload += frames
-    return encode(msg_type, index, payload=payload)
+        if frames:
+            head = frames[0]
+            heads.append(head)
+            index += (tid, value, len(frames), len(head))
+            rest += frames[1:]
+        else:
+            index += (tid, value, 0, 0)
+    return encode(msg_type, index, b"".join(heads), payload=rest)
 
 
 def split_batch(msg: "Message") -> list:
     """The ``(tid, flags or status, payload frames)`` entries of a batch
-    (``decode`` has checked that its index matches its payload)."""
-    index, payload = msg.fields.index, msg.payload
+    (``decode`` has checked that its index matches its frames)."""
+    index, heads, rest = msg.fields.index, msg.fields.heads, msg.payload
     entries = []
-    at = 0
-    for i in range(0, len(index), 3):
-        count = index[i + 2]
-        entries.append((index[i], index[i + 1], payload[at:at + count]))
-        at += count
+    at = pos = 0
+    for i in range(0, len(index), 4):
+        count, size = index[i + 2], index[i + 3]
+        if count:
+            frames = [heads[pos:pos + size], *rest[at:at + count - 1]]
+            pos += size
+            at += count - 1
+        else:
+            frames = []
+        entries.append((index[i], index[i + 1], frames))
     return entries
 
 
-def _check_batch(msg_type: Msg, index: list, frames: int) -> None:
-    if len(index) % 3:
-        raise ProtocolError(f"{msg_type.name} has an index of {len(index)} "
-                            "numbers, not triples")
-    counts = index[2::3]
-    if any(count < 0 for count in counts) or sum(counts) > frames:
-        raise ProtocolError(f"{msg_type.name} names more payload frames "
-                            f"than the {frames} it carries")
-    if sum(counts) != frames:
-        raise ProtocolError(f"{msg_type.name} carries {frames - sum(counts)} "
-                            "payload frames its index does not name")
+def _check_batch(msg_type: Msg, index: list, heads: int, frames: int) -> None:
+    name = msg_type.name
+    if len(index) % 4:
+        raise ProtocolError(f"{name} has an index of {len(index)} numbers, "
+                            "not groups of 4")
+    counts, sizes = index[2::4], index[3::4]
+    if any(c < 0 or s < 0 or (c == 0 and s) for c, s in zip(counts, sizes)):
+        raise ProtocolError(f"{name} has a negative or impossible frame count "
+                            "or size in its index")
+    if sum(sizes) != heads:
+        raise ProtocolError(f"{name}'s index names {sum(sizes)} bytes of "
+                            f"heads, but it carries {heads}")
+    named = sum(c - 1 for c in counts if c)
+    if named != frames:
+        raise ProtocolError(f"{name}'s index names {named} payload frames, "
+                            f"but it carries {frames}")
 
 
 def _as_bytes(frame: Any) -> bytes:
@@ -303,7 +327,7 @@ def decode(frames: Sequence) -> Message:
     values = [codec[1](_as_bytes(frame))
               for (_, codec), frame in zip(spec, frames[1:n])]
     if msg_type in BATCHES:
-        _check_batch(msg_type, values[0], len(frames) - n)
+        _check_batch(msg_type, values[0], len(values[1]), len(frames) - n)
     return Message(msg_type, FIELDS[msg_type](*values), list(frames[n:]))
 
 

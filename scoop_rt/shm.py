@@ -333,8 +333,8 @@ def view_of(frame) -> memoryview:
 
 
 def _unlink(name: str) -> None:
-    if "/" in name or not name.startswith(PREFIX):
-        return
+    if "/" in name or not name.startswith(f"{PREFIX}{_token}-"):
+        return  # not a file of this run's: never removed from here
     try:
         os.unlink(_path(name))
     except FileNotFoundError:

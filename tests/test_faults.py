@@ -145,6 +145,38 @@ def test_no_retry_option_fails_instead_of_running_twice(tmp_path):
     assert counter.read_text().count("run") == 1
 
 
+def test_tasks_not_to_run_twice_are_never_held_ahead(tmp_path):
+    # Many short tasks make workers take tasks ahead; one kills its worker.
+    # Only that one may fail: a task submitted not to run twice must not
+    # wait in a worker's batch, where it would die unrun with the worker.
+    path = script(tmp_path, """
+        import os, time
+        from scoop_rt import futures
+
+        def short(i):
+            end = time.perf_counter() + 0.0002
+            while time.perf_counter() < end:
+                pass
+            return i
+
+        def killer():
+            time.sleep(0.05)
+            os._exit(3)
+
+        if __name__ == "__main__":
+            [f.result(timeout=60) for f in [futures.submit(short, i) for i in range(400)]]
+            once = futures.options(retry=False)
+            fs = [once.submit(short, i) for i in range(200)]
+            fs.append(once.submit(killer))
+            fs += [once.submit(short, i) for i in range(200, 600)]
+            failed = [i for i, f in enumerate(fs) if f.exception(timeout=60) is not None]
+            print(failed)
+        """)
+    proc = run("-n", 2, path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[200]"], proc.stdout
+
+
 def test_pending_futures_fail_when_no_worker_is_left(tmp_path):
     path = script(tmp_path, """
         import os, signal, time

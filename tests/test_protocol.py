@@ -8,8 +8,9 @@ from scoop_rt.protocol import Msg, ProtocolError
 
 
 def test_every_message_type_round_trips():
+    # A batch's index: one task of 3 frames, its first (6 bytes) in heads.
     samples = {protocol.INT: 2**40, protocol.STR: "héllo",
-               protocol.INTS: [2**40, -1, 2]}  # one task of the 2 frames below
+               protocol.INTS: [2**40, -1, 3, 6], protocol.BYTES: b"pickle"}
     for msg_type, spec in protocol.SCHEMA.items():
         values = [samples[codec] for _, codec in spec]
         payload = [b"pickle", b"buffer"] if msg_type in protocol.PAYLOAD else []
@@ -27,20 +28,25 @@ def test_fields_are_named():
 
 def test_batches_split_into_their_entries():
     entries = [(7, 0, [b"head", b"buffer"]), (8, 1, []), (9, 0, [b"one"])]
-    msg = protocol.decode(protocol.encode_batch(Msg.RESULT, entries))
-    assert msg.fields.index == [7, 0, 2, 8, 1, 0, 9, 0, 1]
+    frames = protocol.encode_batch(Msg.RESULT, entries)
+    assert len(frames) == 4  # header, index, heads, one buffer
+    msg = protocol.decode(frames)
+    assert msg.fields.index == [7, 0, 2, 4, 8, 1, 0, 0, 9, 0, 1, 3]
+    assert msg.fields.heads == b"headone"
     assert protocol.split_batch(msg) == entries
 
 
-@pytest.mark.parametrize("index, payload, words", [
-    ([1, 0], [], "not triples"),
-    ([1, 0, 2], [b"x"], "more payload frames"),
-    ([1, 0, -1], [], "more payload frames"),
-    ([1, 0, 1], [b"x", b"y"], "does not name"),
+@pytest.mark.parametrize("index, heads, payload, words", [
+    ([1, 0, 1], b"", [], "groups of 4"),
+    ([1, 0, 1, 5], b"x", [], "5 bytes of heads"),
+    ([1, 0, 2, 1], b"x", [], "names 1 payload frames"),
+    ([1, 0, 1, 1], b"x", [b"y"], "but it carries 1"),
+    ([1, 0, -1, 0], b"", [], "negative"),
+    ([1, 0, 0, 1], b"x", [], "impossible"),
 ])
-def test_malformed_batches_raise_protocol_errors(index, payload, words):
+def test_malformed_batches_raise_protocol_errors(index, heads, payload, words):
     with pytest.raises(ProtocolError, match=words):
-        protocol.decode(protocol.encode(Msg.SUBMIT, index, payload=payload))
+        protocol.decode(protocol.encode(Msg.SUBMIT, index, heads, payload=payload))
 
 
 @pytest.mark.parametrize("frames, words", [
@@ -50,7 +56,7 @@ def test_malformed_batches_raise_protocol_errors(index, payload, words):
     ([bytes((protocol.VERSION, 250))], "unknown message type 250"),
     ([bytes((protocol.VERSION, Msg.STATE)), b"12345678"], "needs 2 fields"),
     ([bytes((protocol.VERSION, Msg.STATE)), b"short", b"12345678"], "8"),
-    ([bytes((protocol.VERSION, Msg.SUBMIT)), b"short"], "multiple of 8"),
+    ([bytes((protocol.VERSION, Msg.SUBMIT)), b"short", b""], "multiple of 8"),
     ([bytes((protocol.VERSION, Msg.PING)), b"extra"], "no payload"),
     ([bytes((protocol.VERSION, Msg.BYE)), b"\xff" * 3], "8"),
     ([bytes((protocol.VERSION, Msg.SETCONST)), b"\xff\xfe"], "UTF-8"),

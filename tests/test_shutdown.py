@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from conftest import is_alive
+from conftest import explain, is_alive, run_scoop
 
 SCRIPT = """
     def hold(how):
@@ -95,3 +95,35 @@ def test_uncaught_exception_ends_the_run_within_5s(live_scoop, tmp_path, how):
         f"{took:.2f} s after the exception, still running: {left}\n{run.describe()}")
     assert code == 1, run.describe()
     assert "RuntimeError: the script gives up" in "".join(run.stderr_lines)
+
+
+SPAWNS = """
+    import subprocess
+
+    def start_child(marker):
+        # A process of the task's own that outlives the task.
+        subprocess.Popen([sys.executable, "-c",
+                          "import time; time.sleep(60)", marker])
+        return os.getpid()
+
+    if __name__ == "__main__":
+        marker = sys.argv[1]
+        print(json.dumps(list(futures.map(start_child, [marker] * 4))))
+    """
+
+
+def test_processes_that_tasks_start_are_gone_after_the_run(tmp_path):
+    marker = f"scoop-rt-child-{time.monotonic_ns()}"
+    proc = run_scoop(tmp_path, SPAWNS, marker, prelude=True)
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads(proc.stdout)  # the tasks ran
+    end = time.monotonic() + 3
+    while True:
+        left = [p for p in psutil.process_iter(["cmdline"])
+                if marker in (p.info["cmdline"] or [])]
+        if not left or time.monotonic() > end:
+            break
+        time.sleep(0.05)
+    for p in left:
+        p.kill()
+    assert not left, "processes started by tasks outlived the run"

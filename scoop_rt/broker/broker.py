@@ -281,22 +281,35 @@ class Broker:
             slots = workers.get(wid)
             share = min(workers.free(slots), workers.share(len(self.queue)))
             entries = []
+            stalled = False
             while len(entries) < share:
                 btid = self._next_queued()
                 if btid is None:
                     break
                 task = self.tasks[btid]
-                if task.attempts and entries:
+                # A task that lost a worker travels alone, and so does one
+                # that must not run twice, into a slot of its own: one held
+                # in a worker's batch could die with it before it ever ran,
+                # and could not be tried again.
+                once = task.flags & Flags.NO_RETRY
+                alone = task.attempts or once
+                if alone and entries:
                     self.queue.appendleft(btid)
+                    break
+                if once and slots.free(False) <= 0:
+                    self.queue.appendleft(btid)
+                    stalled = True  # until a worker has a slot of its own
                     break
                 task.worker = wid
                 slots.running.add(btid)
                 entries.append((btid, task.flags, task.payload))
-                if task.attempts:
-                    break  # a task that lost a worker travels alone
+                if alone:
+                    break
             workers.changed(wid)
             if entries:
                 self.send_batch(wid, Msg.TASK, entries)
+            if stalled:
+                return
 
     def _next_queued(self) -> int | None:
         while self.queue:
@@ -331,7 +344,7 @@ class Broker:
             return
         slots = self.workers.remove(peer.identity)
         held = sorted(slots.running) if slots else []
-        for btid in held:
+        for btid in reversed(held):  # each goes to the front: keep their order
             self.retry(btid, peer, reason)
         for key in [k for k in self.by_client if k[0] == peer.identity]:
             self.tasks.pop(self.by_client.pop(key), None)

@@ -43,14 +43,15 @@ class LocalSpawner(Spawner):
     def start_broker(self, argv: Sequence[str],
                      pass_fds: Sequence[int] = ()) -> subprocess.Popen:
         """``pass_fds``: a listening socket the broker is to take over."""
-        return subprocess.Popen(argv, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=self._env("broker"),
-                                start_new_session=True, pass_fds=pass_fds)
+        return _own_group(subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=self._env("broker"), start_new_session=True, pass_fds=pass_fds))
 
     def start_worker(self, argv: Sequence[str]) -> subprocess.Popen:
-        return subprocess.Popen(argv, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=self._env("worker"), start_new_session=True)
+        return _own_group(subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=self._env("worker"),
+            start_new_session=True))
 
     def start_origin(self, argv: Sequence[str], capture_stdout: bool,
                      capture_stderr: bool) -> tuple[subprocess.Popen, int]:
@@ -71,6 +72,12 @@ class LocalSpawner(Spawner):
         return proc, write_end
 
 
+def _own_group(proc: subprocess.Popen) -> subprocess.Popen:
+    """Mark a process started as the leader of a group of its own."""
+    proc.own_group = True
+    return proc
+
+
 def kill_tree(proc) -> None:
     """Kill a process and everything it started, however deep. A remote
     process (``ssh.RemoteProcess``) is told to stop its own."""
@@ -79,8 +86,16 @@ def kill_tree(proc) -> None:
         return
     if proc.returncode is not None:
         # Reaped: its pid may be another process's now, and what it started
-        # is no longer its children. (psutil is imported only past here: it
-        # costs a run's end more than the rest of the teardown.)
+        # is no longer its children; but a process group outlives its
+        # leader, and Linux gives no new process the id of a group still in
+        # use, so what a worker started (a task's subprocess) still goes.
+        # (psutil is imported only past here: it costs a run's end more than
+        # the rest of the teardown.)
+        if getattr(proc, "own_group", False):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         return
     import psutil
     try:
