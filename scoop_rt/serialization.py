@@ -105,6 +105,8 @@ def dumps(obj: Any, share: bool = True) -> list:
         out = io.BytesIO()
         _by_value_pickler()(out, protocol=PROTOCOL, buffer_callback=keep_large).dump(obj)
         head = out.getvalue()
+    if not buffers:
+        return [head]  # most tasks and results: nothing to share
     frames = [head, *buffers]
     return _shared(frames) if share else frames
 
@@ -157,7 +159,8 @@ def _buffer(frame: Any) -> Any:
 def release(frames: Sequence) -> None:
     """Remove the shared memory files of a result that has been read (or will
     never be): a result is delivered once. What was mapped stays valid."""
-    shm.release(frames)
+    if len(frames) > 1:  # a pickle head alone refers to no file
+        shm.release(frames)
 
 
 # The files written for the task last pickled on each thread, until the
@@ -166,7 +169,7 @@ _task_files = threading.local()
 
 
 def _note_task_files(frames: list) -> list:
-    _task_files.names = shm.names(frames)
+    _task_files.names = shm.names(frames) if len(frames) > 1 else None
     return frames
 
 
