@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 import zmq
 
 from . import protocol, serialization, tasks, transport
+from .exits import exit_now
 from .config import Config
 from .protocol import Flags, Msg, ProtocolError, Role, TaskState
 
@@ -50,16 +51,6 @@ SUBMIT_GAP = 0.001
 # and batching need not wake it each time; the first after a quiet spell does.
 TICK = 0.002
 ACTIVE_SPAN = 0.1
-
-
-def exit_now(code: int) -> None:
-    """Leave the process at once, after writing out what it printed."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
 
 
 class Future(cf.Future):

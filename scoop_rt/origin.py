@@ -16,7 +16,8 @@ import threading
 import traceback
 
 from . import bootstrap, runtime, tasks
-from .client import Client, exit_now, log
+from .client import Client, log
+from .exits import exit_now
 from .config import ENV_BOOT_FD, Config
 from .protocol import Msg, Role
 

@@ -20,7 +20,8 @@ from collections import deque
 
 from . import bootstrap, protocol, runtime, serialization, tasks
 from .config import Config
-from .client import Client, exit_now, log
+from .client import Client, log
+from .exits import exit_now
 from .protocol import Msg, Role
 
 # Nested tasks run on the stack of the tasks that wait under them: give the
