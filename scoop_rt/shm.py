@@ -45,7 +45,8 @@ Who removes a file:
   name then has its own owner, as above;
 - whatever is left (a process killed between writing and sending, a result
   the broker dropped because its submitter was gone): the launcher removes
-  every file of the run's token when the run ends (``remove_run``).
+  every file of the run's token when the run ends (``remove_run``), or,
+  when the launcher was killed, the broker as it ends the run.
 
 Security: the run's guarantee is that a peer without its keys cannot read
 its data or inject work. The files are created by the run's user with mode

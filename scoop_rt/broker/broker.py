@@ -72,6 +72,7 @@ class Broker:
         self.python: str = "%d.%d" % sys.version_info[:2]
         self.size: int = boot["size"]
         self.parent_pid: int = boot.get("parent_pid") or os.getppid()
+        self.shm_token: str | None = boot.get("shm")
         self.ctx = zmq.Context()
         keys = boot.get("keys") if self.config.secure else None
         port_range = tuple(boot["port_range"]) if boot.get("port_range") else None
@@ -327,8 +328,11 @@ class Broker:
         for peer in [p for p in self.peers.values() if now - p.last_seen > limit
                      and p.role != Role.WATCHER.value]:
             self.lost(peer, f"silent for {now - peer.last_seen:.1f} s")
-        if os.getppid() != self.parent_pid:
+        if self.launcher_gone():
             self.stop_reason = "the launcher is gone"
+
+    def launcher_gone(self) -> bool:
+        return os.getppid() != self.parent_pid
 
     def no_workers_left(self) -> bool:
         """Every worker the run was started with is gone (none are restarted)."""
@@ -396,6 +400,11 @@ class Broker:
                 self.send(peer.heartbeat, Msg.SHUTDOWN, reason)
         self.listener.close(linger_ms=200)
         self.ctx.term()
+        if self.launcher_gone():
+            # The launcher removes the run's shared-memory files at its end;
+            # killed, it never will.
+            from .. import shm
+            shm.remove_run(self.shm_token)
 
 
 def _on_signal(signum, frame) -> None:

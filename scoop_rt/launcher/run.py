@@ -156,7 +156,7 @@ class Run:
                       "bind": listener.endpoint if listener else self.spec.bind,
                       "listen_fd": listener.fd if listener else None,
                       "port_range": self.spec.port_range,
-                      "parent_pid": os.getpid()})
+                      "parent_pid": os.getpid(), "shm": self.shm_token})
 
     def _client_keys(self) -> dict | None:
         from .. import transport
