@@ -49,6 +49,7 @@ class Task:
     payload: list
     worker: bytes | None = None
     attempts: int = 0
+    queued: bool = False  # has a live entry in the broker's queue
 
 
 @dataclass
@@ -85,7 +86,8 @@ class Broker:
         self.workers = Slots()
         self.tasks: dict[int, Task] = {}
         self.by_client: dict[tuple[bytes, int], int] = {}
-        self.queue: deque[int] = deque()
+        self.queue: deque[int] = deque()  # may hold entries of dropped tasks
+        self.queued = 0  # live entries in ``queue``
         self.consts: dict[str, list] = {}
         self.gone: set[str] = set()  # names of workers that died or never came
         self.stop_reason: str | None = None
@@ -185,7 +187,7 @@ class Broker:
             if none_left:
                 self.fail(btid, "no workers are left in this run")
             else:
-                self.queue.append(btid)
+                self.enqueue(btid)
 
     def on_result(self, identity: bytes, f, payload) -> None:
         msg = protocol.Message(Msg.RESULT, f, payload)
@@ -194,7 +196,7 @@ class Broker:
         for btid, status, frames in protocol.split_batch(msg):
             if slots is not None:
                 slots.running.discard(btid)
-            task = self.tasks.pop(btid, None)
+            task = self.drop(btid)
             if task is None:
                 continue  # cancelled, or already answered by another attempt
             self.by_client.pop((task.submitter, task.tid), None)
@@ -227,7 +229,7 @@ class Broker:
         elif task.worker is not None:
             state = TaskState.RUNNING
         elif f.cancel:
-            del self.tasks[btid]  # its queue entry is skipped at dispatch
+            self.drop(btid)  # its queue entry is skipped at dispatch
             del self.by_client[identity, f.tid]
             state = TaskState.CANCELLED
         else:
@@ -275,12 +277,12 @@ class Broker:
         in one message when the queue is deep (see scheduling.Slots)."""
         workers = self.workers
         while self.queue:
-            workers.deep = len(self.queue) >= workers.deep_queue()
+            workers.deep = self.queued >= workers.deep_queue()
             wid = workers.take()
             if wid is None:
                 return
             slots = workers.get(wid)
-            share = min(workers.free(slots), workers.share(len(self.queue)))
+            share = min(workers.free(slots), workers.share(self.queued))
             entries = []
             stalled = False
             while len(entries) < share:
@@ -295,10 +297,10 @@ class Broker:
                 once = task.flags & Flags.NO_RETRY
                 alone = task.attempts or once
                 if alone and entries:
-                    self.queue.appendleft(btid)
+                    self.enqueue(btid, front=True)
                     break
                 if once and slots.free(False) <= 0:
-                    self.queue.appendleft(btid)
+                    self.enqueue(btid, front=True)
                     stalled = True  # until a worker has a slot of its own
                     break
                 task.worker = wid
@@ -312,10 +314,29 @@ class Broker:
             if stalled:
                 return
 
+    def enqueue(self, btid: int, front: bool = False) -> None:
+        if front:
+            self.queue.appendleft(btid)
+        else:
+            self.queue.append(btid)
+        self.tasks[btid].queued = True
+        self.queued += 1
+
+    def drop(self, btid: int) -> Task | None:
+        """Forget a task; its queue entry, if any, is skipped from now on."""
+        task = self.tasks.pop(btid, None)
+        if task is not None and task.queued:
+            task.queued = False
+            self.queued -= 1
+        return task
+
     def _next_queued(self) -> int | None:
         while self.queue:
             btid = self.queue.popleft()
-            if btid in self.tasks:
+            task = self.tasks.get(btid)
+            if task is not None and task.queued:
+                task.queued = False
+                self.queued -= 1
                 return btid
         return None
 
@@ -351,7 +372,7 @@ class Broker:
         for btid in reversed(held):  # each goes to the front: keep their order
             self.retry(btid, peer, reason)
         for key in [k for k in self.by_client if k[0] == peer.identity]:
-            self.tasks.pop(self.by_client.pop(key), None)
+            self.drop(self.by_client.pop(key))
         self.notify(f"{peer.describe()} lost: {reason}; {len(held)} task(s) "
                     "it held go elsewhere")
         if self.no_workers_left():
@@ -382,10 +403,10 @@ class Broker:
             self.fail(btid, f"the task was tried {task.attempts} times and each "
                             f"time its worker died; last {where}")
         else:
-            self.queue.appendleft(btid)
+            self.enqueue(btid, front=True)
 
     def fail(self, btid: int, why: str) -> None:
-        task = self.tasks.pop(btid)
+        task = self.drop(btid)
         self.by_client.pop((task.submitter, task.tid), None)
         if task.submitter in self.peers:
             self.send_batch(task.submitter, Msg.RESULT,
