@@ -302,9 +302,13 @@ def test_retried_task_still_gets_its_big_argument(tmp_path):
     assert left_on_dev_shm(out["token"]) == []
 
 
-def test_files_of_a_killed_run_are_removed_at_its_end(tmp_path):
-    # The origin dies with arguments in flight: the launcher cleans up.
+@pytest.mark.parametrize("victim", ["origin", "launcher"])
+def test_files_of_a_killed_run_are_removed(tmp_path, victim):
+    # A part of the run dies outright with arguments in flight. The origin:
+    # the launcher cleans up at the run's end. The launcher: the broker,
+    # which notices and ends the run, removes them.
     out_file = tmp_path / "token"
+    pid = "os.getpid()" if victim == "origin" else "os.getppid()"
     proc = run_scoop(tmp_path, HELPERS + textwrap.dedent(f"""
         def slow(a):
             time.sleep(30)
@@ -313,33 +317,16 @@ def test_files_of_a_killed_run_are_removed_at_its_end(tmp_path):
             fs = [futures.submit(slow, a) for a in arrays(4)]
             time.sleep(0.5)
             open({str(out_file)!r}, "w").write(f"{{shm.token()}} {{len(run_files())}}")
-            os.kill(os.getpid(), 9)
-        """), prelude=True, timeout=60)
-    assert proc.returncode != 0
-    token, in_flight = out_file.read_text().split()
-    assert int(in_flight) == 4
-    assert left_on_dev_shm(token) == []
-
-
-def test_files_of_a_run_whose_launcher_is_killed_are_removed(tmp_path):
-    # The launcher dies outright with arguments in flight: the broker, which
-    # notices and ends the run, removes them.
-    out_file = tmp_path / "token"
-    proc = run_scoop(tmp_path, HELPERS + textwrap.dedent(f"""
-        def slow(a):
-            time.sleep(30)
-
-        if __name__ == "__main__":
-            fs = [futures.submit(slow, a) for a in arrays(4)]
-            time.sleep(0.5)
-            open({str(out_file)!r}, "w").write(f"{{shm.token()}} {{len(run_files())}}")
-            os.kill(os.getppid(), 9)
+            os.kill({pid}, 9)
             time.sleep(30)
         """), prelude=True, timeout=60)
-    assert proc.returncode == -9, explain(proc)
+    assert proc.returncode != 0, explain(proc)
+    if victim == "launcher":
+        assert proc.returncode == -9, explain(proc)
     token, in_flight = out_file.read_text().split()
     assert int(in_flight) == 4
-    end = time.monotonic() + 15
+    # The launcher removes them before it exits; the broker, soon after.
+    end = time.monotonic() + (15 if victim == "launcher" else 0)
     while left_on_dev_shm(token) and time.monotonic() < end:
         time.sleep(0.1)
     assert left_on_dev_shm(token) == []
