@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import zmq
 
@@ -51,6 +51,16 @@ SUBMIT_GAP = 0.001
 # and batching need not wake it each time; the first after a quiet spell does.
 TICK = 0.002
 ACTIVE_SPAN = 0.1
+
+
+class Held(NamedTuple):
+    """A task this process holds back instead of sending (see may_hold)."""
+
+    future: "Future"
+    frames: list
+    flags: Flags
+    since: float   # monotonic time it was held
+    thread: int    # the thread that submitted it, the only one to run it
 
 
 class Future(cf.Future):
@@ -262,9 +272,11 @@ class Client:
         self._last_submit = 0.0
         self.active_at = 0.0  # when this process last held or batched a task
         # A task held back by this process, not sent yet (see may_hold).
-        self._held: tuple | None = None  # (future, frames, flags, since)
-        self._held_by = 0  # the thread that held it
+        self._held: Held | None = None
         self._hold_lock = threading.Lock()
+        # Tasks running here, one inside another (held ones run on a wait).
+        self._depth = 0
+        self.script_error: str | None = None  # why a worker lacks the script
         self.welcomed = False
         self._drive_lock = threading.RLock()
         self._read_more = threading.Condition()
@@ -373,16 +385,13 @@ class Client:
             dues.append(since + BATCH_DELAY - now)
         held = self._held
         if held is not None:
-            dues.append(held[3] + HOLD_LIMIT - now)
+            dues.append(held.since + HOLD_LIMIT - now)
         return min(dues) if dues else None
 
     def send_due(self) -> None:
         """Send what has waited long enough (from the heartbeat thread)."""
-        with self._hold_lock:
-            held = self._held
-            if held is not None and time.monotonic() - held[3] >= HOLD_LIMIT:
-                self._held = None
-                self._send_held(held)
+        now = time.monotonic()
+        self._take_held(lambda held: now - held.since >= HOLD_LIMIT, send=True)
         since = self._batch_since
         if since is not None and time.monotonic() - since >= BATCH_DELAY:
             self.flush()
@@ -408,8 +417,8 @@ class Client:
             return future
         now = self.active_at = time.monotonic()
         with self._hold_lock:
-            previous, self._held = self._held, (future, frames, flags, now)
-            self._held_by = threading.get_ident()
+            previous = self._held
+            self._held = Held(future, frames, flags, now, threading.get_ident())
             if previous is not None:
                 self._send_held(previous)
         if previous is None:
@@ -428,45 +437,51 @@ class Client:
         """Whether a task being submitted now may be held back."""
         return False
 
-    def _take_held(self) -> tuple | None:
+    def _take_held(self, wanted: Callable[[Held], bool] = lambda held: True,
+                   send: bool = False) -> Held | None:
+        """Stop holding the held task if ``wanted(held)``; return it, or with
+        ``send`` queue its SUBMIT. Both under the hold lock: a ``probe`` that
+        no longer finds a task held finds its SUBMIT queued ahead of the
+        PROBE (lock order: hold, then send)."""
         with self._hold_lock:
-            held, self._held = self._held, None
-        return held
+            held = self._held
+            if held is None or not wanted(held):
+                return None
+            self._held = None
+            if send:
+                self._send_held(held)
+            return held
 
-    def _send_held(self, held: tuple) -> None:
-        """Queue a held task's SUBMIT. Called under the hold lock, so that a
-        ``probe`` that no longer finds the task held finds its SUBMIT queued
-        ahead of the PROBE (lock order: hold, then send)."""
-        future, frames, flags, _ = held
-        self.send_submit(future._tid, flags, frames)
+    def _send_held(self, held: Held) -> None:
+        self.send_submit(held.future._tid, held.flags, held.frames)
 
     def send_held(self) -> None:
-        with self._hold_lock:
-            held, self._held = self._held, None
-            if held is not None:
-                self._send_held(held)
+        self._take_held(send=True)
 
-    def run_held(self, held: tuple) -> None:
+    def run_held(self, held: Held) -> None:
         """Run a held task here and settle its future."""
-        future, frames, _, _ = held
-        status, outcome = self._run(frames)
+        status, outcome = self._run(held.frames)
+        future = held.future
         if self._futures.pop(future._tid, None) is not None:
             tasks.settle(future, future._chunk, status, outcome)
 
     def run_if_held(self, future: "Future") -> None:
-        """Run ``future``'s task here if it is the one held back."""
-        held = self._held
-        if (held is None or held[0] is not future
-                or self._held_by != threading.get_ident()):
-            return  # not held, or held by another thread, which runs it
-        with self._hold_lock:
-            if self._held is not held:
-                return
-            self._held = None
-        self.run_held(held)
+        """Run ``future``'s task here if it is the one held back, by this
+        thread (another thread's held task is that thread's to run)."""
+        me = threading.get_ident()
+        held = self._take_held(
+            lambda held: held.future is future and held.thread == me)
+        if held is not None:
+            self.run_held(held)
 
     def _run(self, frames: list) -> tuple:
-        return tasks.execute(frames, self.where())
+        """Run a task here, one level deeper; send what it left held."""
+        self._depth += 1
+        try:
+            return tasks.execute(frames, self.where(), self.script_error)
+        finally:
+            self._depth -= 1
+            self.send_held()
 
     def where(self) -> str:
         """Where this process's tasks run, for their tracebacks."""
@@ -494,7 +509,7 @@ class Client:
         A task still held back here is pending, and cancelled here."""
         with self._hold_lock:  # (a held task is sent under this lock)
             held = self._held
-            if held is not None and held[0]._tid == tid:
+            if held is not None and held.future._tid == tid:
                 if not cancel:
                     return TaskState.PENDING
                 self._held = None

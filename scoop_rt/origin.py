@@ -15,7 +15,7 @@ import sys
 import threading
 import traceback
 
-from . import bootstrap, runtime, tasks
+from . import bootstrap, runtime
 from .client import Client, log
 from .exits import exit_now
 from .config import ENV_BOOT_FD, Config
@@ -38,7 +38,6 @@ class OriginClient(Client):
     def __init__(self, boot: dict):
         super().__init__(boot)
         self._main = threading.get_ident()
-        self._inline = 0
         # Only on a run whose workers all share this machine: on a cluster a
         # task goes to the hosts it was given, whatever they have that the
         # submit host lacks.
@@ -46,16 +45,8 @@ class OriginClient(Client):
 
     def may_hold(self, chunk: bool) -> bool:
         # A map's chunk too: only a map of one chunk waits on its newest.
-        return (self._may_run_here and self._inline < INLINE_DEPTH
+        return (self._may_run_here and self._depth < INLINE_DEPTH
                 and threading.get_ident() == self._main)
-
-    def _run(self, frames: list) -> tuple:
-        self._inline += 1
-        try:
-            return tasks.execute(frames, self.where())
-        finally:
-            self._inline -= 1
-            self.send_held()
 
     def where(self) -> str:
         return f"the origin (host {self.host}, pid {self.pid})"

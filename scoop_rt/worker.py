@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 
-from . import bootstrap, protocol, runtime, serialization, tasks
+from . import bootstrap, protocol, runtime, serialization
 from .config import Config
 from .client import Client, log
 from .exits import exit_now
@@ -52,8 +52,6 @@ class WorkerClient(Client):
     def __init__(self, boot: dict):
         super().__init__(boot)
         self._handlers[Msg.TASK] = self.on_task
-        self._depth = 0
-        self.script_error: str | None = None
         self.importing = False
         self._prefetch = 0
         self._took = 0.0  # recent task durations, smoothed
@@ -76,15 +74,6 @@ class WorkerClient(Client):
         held = self._take_held()
         if held is not None:
             self.run_held(held)
-
-    def _run(self, frames: list) -> tuple:
-        """Run a task at one more level of nesting; send what it left held."""
-        self._depth += 1
-        try:
-            return tasks.execute(frames, self.where(), self.script_error)
-        finally:
-            self._depth -= 1
-            self.send_held()
 
     def serve(self) -> None:
         """Handle messages until the broker ends the run."""
