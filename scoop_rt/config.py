@@ -59,8 +59,18 @@ class Config:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-_CONVERTERS = {bool: lambda s: s.strip().lower() in ("1", "true", "yes", "on"),
-               int: int, float: float, str: str}
+def _boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)  # a typo must not turn a setting off unnoticed
+
+
+_KIND_NAMES = {bool: "switch (1/0, true/false, yes/no, on/off)",
+               int: "whole number", float: "number", str: "text"}
+_CONVERTERS = {bool: _boolean, int: int, float: float, str: str}
 
 
 def from_environment(environ: "os._Environ | dict | None" = None) -> Config:
@@ -80,7 +90,7 @@ def from_environment(environ: "os._Environ | dict | None" = None) -> Config:
         except ValueError:
             raise ValueError(
                 f"environment variable {name}={environ[name]!r} is not a "
-                f"valid {kind.__name__}") from None
+                f"valid {_KIND_NAMES[kind]}") from None
     return config
 
 

@@ -347,6 +347,20 @@ def test_bad_input_is_one_line(tmp_path, args, words):
     assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("name, value, words", [
+    ("SCOOP_RT_RUN_IN_ORIGIN", "maybe", "not a valid switch"),
+    ("SCOOP_RT_PREFETCH", "abc", "not a valid whole number"),
+    ("SCOOP_RT_HEARTBEAT_INTERVAL", "soon", "not a valid number"),
+])
+def test_bad_environment_setting_is_one_line(tmp_path, name, value, words):
+    path = script(tmp_path, "print('never')\n")
+    proc = run("-n", 2, path, env={**os.environ, name: value})
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and name in proc.stderr, proc.stderr
+    assert words in proc.stderr, proc.stderr
+
+
 def test_missing_script_and_unreadable_hostfile(tmp_path):
     proc = run("-n", 2, tmp_path / "nope.py")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
