@@ -43,8 +43,10 @@ def origin(idle: float) -> None:
     print(json.dumps({"done": True}), flush=True)
 
 
-def role_of(cmdline: list) -> str:
-    text = " ".join(cmdline)
+def role_of(p) -> str:
+    """A forked broker or worker has its role in its name, a started
+    process in its command line."""
+    text = f"{p.name()} {' '.join(p.cmdline())}"
     for role in ("broker", "worker", "origin"):
         if f"scoop_rt.{role}" in text:
             return role
@@ -90,7 +92,7 @@ def measure(proc, seconds: float, result: dict) -> None:
     roles = {launcher.pid: "launcher"}
     for kid in launcher.children(recursive=True):
         procs[kid.pid] = kid
-        roles[kid.pid] = role_of(kid.cmdline())
+        roles[kid.pid] = role_of(kid)
     before = sample(procs)
     t0 = time.monotonic()
     time.sleep(seconds)

@@ -83,8 +83,10 @@ def run_tree(proc, seen: dict) -> int:
         return 0
     for kid in kids:
         try:
-            # The latest command line: a child just forked still shows its parent's.
-            seen[kid.pid] = (kid.create_time(), " ".join(kid.cmdline()[-2:]))
+            # The latest name and command line: a child just forked still
+            # shows its parent's (a forked worker keeps the command line).
+            seen[kid.pid] = (kid.create_time(),
+                             f"{kid.name()} {' '.join(kid.cmdline()[-2:])}")
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return len(kids)

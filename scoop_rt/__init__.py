@@ -8,8 +8,6 @@ Run with ``python -m scoop_rt -n 8 script.py``. The attributes below describe
 this process's place in the run; the runtime fills them in when it starts.
 """
 
-import logging
-
 __version__ = "0.1.0"
 
 IS_ORIGIN = True     # this process runs the script's __main__
@@ -18,4 +16,13 @@ BROKER = None        # BrokerInfo(endpoint, host) of the run's broker
 DEBUG = False
 SIZE = 1             # how many workers the run has
 worker = "origin@local"  # this process's name in the run, unique per process
-logger = logging.getLogger("scoop_rt")
+
+
+def __getattr__(name: str):
+    """``scoop_rt.logger``, the runtime's ``logging.Logger``: made on first
+    use, because importing ``logging`` would delay every process's start,
+    the launcher's first, before anything else can start."""
+    if name == "logger":
+        import logging
+        return logging.getLogger("scoop_rt")
+    raise AttributeError(f"module 'scoop_rt' has no attribute {name!r}")

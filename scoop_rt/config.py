@@ -11,7 +11,9 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-ENV_PREFIX = "SCOOP_RT_"
+from .envnames import BOOT_FD as ENV_BOOT_FD
+from .envnames import PREFIX as ENV_PREFIX
+from .envnames import ROLE as ENV_ROLE
 
 
 @dataclass
@@ -41,6 +43,10 @@ class Config:
     # that. Such a task sees IS_ORIGIN true and the origin's pid, like a
     # direct call.
     run_in_origin: bool = True
+    # Local brokers and workers are forked from the launcher, which has
+    # imported what they need once, instead of each starting a new
+    # interpreter (see launcher.spawn).
+    fork: bool = True
     # Tasks in flight per worker for a lazy ``map`` (the input is read ahead
     # by this many chunks per worker, no more).
     map_window_per_worker: int = 4
@@ -94,7 +100,4 @@ def from_environment(environ: "os._Environ | dict | None" = None) -> Config:
     return config
 
 
-# Variables the launcher sets for the processes it starts. They name things,
-# never secrets: keys travel over a pipe (see launcher.spawn).
-ENV_ROLE = ENV_PREFIX + "ROLE"
-ENV_BOOT_FD = ENV_PREFIX + "BOOT_FD"
+__all__ = ["Config", "from_environment", "ENV_PREFIX", "ENV_ROLE", "ENV_BOOT_FD"]

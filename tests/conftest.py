@@ -310,6 +310,20 @@ def _suspects(before: set, token: str) -> list:
     return found
 
 
+def role_of(p: psutil.Process) -> str | None:
+    """"broker", "worker" or "origin" for a process of a run, else None.
+
+    A forked broker or worker keeps its parent's command line and has its
+    role in its name; a started one has it in its command line.
+    """
+    try:
+        text = f"{p.name()} {' '.join(p.cmdline())}"
+    except psutil.Error:
+        return None
+    return next((role for role in ("broker", "worker", "origin")
+                 if f"scoop_rt.{role}" in text), None)
+
+
 def is_alive(p: psutil.Process) -> bool:
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE

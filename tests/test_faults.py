@@ -17,6 +17,7 @@ import zmq
 from scoop_rt import __version__, protocol, transport
 from scoop_rt.config import Config
 from scoop_rt.protocol import Msg
+from conftest import role_of
 
 TIMEOUT = 120
 
@@ -41,13 +42,9 @@ def role_processes(launcher_pid):
     """{role: [psutil.Process]} for the run under ``launcher_pid``."""
     roles = {}
     for child in psutil.Process(launcher_pid).children(recursive=True):
-        try:
-            cmd = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        for role in ("broker", "worker", "origin"):
-            if f"scoop_rt.{role}" in cmd:
-                roles.setdefault(role, []).append(child)
+        role = role_of(child)
+        if role:
+            roles.setdefault(role, []).append(child)
     return roles
 
 

@@ -5,6 +5,7 @@ import os
 import sys
 
 import psutil
+import pytest
 
 import scoop_rt
 
@@ -92,6 +93,57 @@ def test_default_worker_count_is_the_cores(tmp_path):
     assert report["size"] == cores
     assert len(report["workers"]) == cores
     assert report["origin"] not in report["workers"]
+
+
+PROCESS_FACTS = """
+    import random
+
+    def facts(delay):
+        time.sleep(delay)
+        pipes = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # the listing's own descriptor
+                continue
+            if target.startswith("pipe:"):
+                pipes.append(target)
+        with open("/proc/self/comm") as f:
+            name = f.read().strip()
+        with open("/proc/self/cmdline", "rb") as f:
+            cmdline = f.read().decode().replace("\\0", " ")
+        return dict(pid=os.getpid(), pipes=pipes, role=os.environ.get("SCOOP_RT_ROLE"),
+                    draw=random.random(), name=name, cmdline=cmdline,
+                    own_session=os.getsid(0) == os.getpid())
+
+    if __name__ == "__main__":
+        warm_up(2)
+        print(json.dumps(list(futures.map(facts, [0.05] * 8))))
+"""
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_workers_start_clean_forked_or_not(tmp_path, fork):
+    """A forked worker holds nothing of the launcher's (its pipes are its
+    own), runs in a session of its own like a started one, knows its role,
+    draws random numbers of its own, and is named after its role."""
+    proc = run_scoop(tmp_path, PROCESS_FACTS, prelude=True,
+                     env={"SCOOP_RT_FORK": fork})
+    assert proc.returncode == 0, explain(proc)
+    facts = [f for f in json.loads(proc.stdout) if f["role"] == "worker"]
+    by_pid = {f["pid"]: f for f in facts}
+    assert len(by_pid) == 2, facts
+    draws = [f["draw"] for f in facts]
+    assert len(set(draws)) == len(draws)  # no two workers share a random state
+    first, second = by_pid.values()
+    assert not set(first["pipes"]) & set(second["pipes"])
+    for f in by_pid.values():
+        assert len(f["pipes"]) <= 3, f  # its own stdin, stdout and stderr
+        assert f["own_session"]
+        if fork == "1":
+            assert f["name"] == "scoop_rt.worker"
+        else:
+            assert "-m scoop_rt.worker" in f["cmdline"]
 
 
 def test_local_run_uses_no_network(live_scoop, tmp_path):

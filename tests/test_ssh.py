@@ -13,6 +13,8 @@ from collections import Counter
 import psutil
 import pytest
 
+from conftest import role_of
+
 
 RUN_TIMEOUT = 90
 
@@ -59,13 +61,13 @@ def workers_per_host(result):
 
 
 def cmdlines(hs, host):
-    """The command lines of what runs on ``host``, sshd included."""
+    """The names and command lines of what runs on ``host``, sshd included."""
     lines = []
     for pid in hs.pids(host):
         try:
             proc = psutil.Process(pid)
             if proc.status() != psutil.STATUS_ZOMBIE:
-                lines.append(" ".join(proc.cmdline()))
+                lines.append(f"{proc.name()}: {' '.join(proc.cmdline())}")
         except psutil.Error:
             pass
     return lines
@@ -258,8 +260,7 @@ def test_killing_any_part_leaves_nothing_on_any_host(ssh_hosts, tmp_path, victim
         if victim == "launcher":
             target = psutil.Process(launcher.pid)
         else:
-            target = next(p for p in local
-                          if f"scoop_rt.{victim}" in " ".join(p.cmdline()))
+            target = next(p for p in local if role_of(p) == victim)
         target.kill()
         assert not nothing_left(ssh_hosts, timeout=30)
         gone, alive = psutil.wait_procs([psutil.Process(launcher.pid), *local], timeout=30)

@@ -23,7 +23,8 @@ def noop(x):
 def broker_process():
     launcher = psutil.Process(os.getppid())
     for child in launcher.children():
-        if "scoop_rt.broker" in " ".join(child.cmdline()):
+        # Forked from the launcher, the broker has its role in its name.
+        if "scoop_rt.broker" in f"{child.name()} {' '.join(child.cmdline())}":
             return child
     raise SystemExit("memory_map: no broker found beside this origin")
 

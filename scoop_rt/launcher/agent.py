@@ -33,17 +33,16 @@ def main() -> None:
     except ValueError:
         sys.exit("scoop_rt agent: started by the launcher only")
     forwarder = output.Forwarder()
-    spawner = spawn.LocalSpawner()
-    argv = spawn.module_argv(sys.executable, "scoop_rt.worker")
+    first = boot["workers"][0] if boot["workers"] else None
+    spawner = spawn.LocalSpawner(fork=bool(first and first["config"].get("fork")))
     workers = []
     for worker_boot in boot["workers"]:
-        proc = spawner.start_worker(argv)
+        proc = spawner.start_worker("scoop_rt.worker")
         forwarder.add_pipe(proc.stdout, output.stdout())
         forwarder.add_pipe(proc.stderr, output.stderr())
         spawn.write_close(proc.stdin, json.dumps(worker_boot).encode())
         workers.append(proc)
     forwarder.start()
-    first = boot["workers"][0] if boot["workers"] else None
     watch = None
     if first:
         watch = WorkerWatch(first["endpoint"], first["keys"],

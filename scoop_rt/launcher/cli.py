@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..bootstrap import setup_logging
 from ..config import from_environment
-from . import cluster, hosts as hostlib
+from . import cluster, hosts as hostlib, prestart
 from .hosts import HostError
 from .run import LaunchError, Run, RunSpec
 
@@ -182,6 +182,8 @@ def main(argv: list | None = None) -> int:
     except KeyboardInterrupt:
         print("scoop_rt: interrupted (Ctrl-C)", file=sys.stderr)
         return 128 + signal.SIGINT
+    finally:
+        prestart.discard()  # started for a run that did not happen
 
 
 def _main(argv: list | None) -> int:

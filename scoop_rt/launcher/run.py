@@ -21,7 +21,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -63,7 +62,8 @@ class Run:
     def __init__(self, spec: RunSpec, remote: dict | None = None):
         self.spec = spec
         self.remote = remote or {}
-        self.spawner = spawn.LocalSpawner()
+        # Forked only where no SSH connection runs threads in this process.
+        self.spawner = spawn.LocalSpawner(fork=spec.config.fork and not self.remote)
         self.keys: dict | None = None  # made while the processes start
         self.local_endpoint: ipc.LocalEndpoint | None = None
         # Large buffers go through /dev/shm when every process is on this host.
@@ -79,34 +79,32 @@ class Run:
     # -- start ----------------------------------------------------------------
 
     def start(self) -> None:
-        py = spawn.python()
         if not self.remote and self.spec.port_range is None:
             self.local_endpoint = ipc.listen()
         listener = self.local_endpoint
-        self.broker = self.spawner.start_broker(
-            spawn.module_argv(py, "scoop_rt.broker"),
-            pass_fds=(listener.fd,) if listener else ())
-        if listener:
-            listener.close_listener()  # the broker's now, and gone with it
-        names = self._names()
-        local = [(name, host) for name, host in names if host not in self.remote]
-        for _ in local:
-            proc = self.spawner.start_worker(spawn.module_argv(py, "scoop_rt.worker"))
-            self.forwarder.add_pipe(proc.stdout, output.stdout())
-            self.forwarder.add_pipe(proc.stderr, output.stderr())
-            self.workers.append(proc)
-        self.origin, origin_pipe = self.spawner.start_origin(
-            spawn.module_argv(py, "scoop_rt.origin"),
-            capture_stdout=not _is_terminal(sys.stdout),
-            capture_stderr=not _is_terminal(sys.stderr))
+        # The origin first (``prestart`` may have started it already): a new
+        # interpreter, it starts on another core while this process starts
+        # the broker and the workers.
+        self.origin, origin_pipe = self.spawner.start_origin()
         for pipe, target in ((self.origin.stdout, output.stdout()),
                              (self.origin.stderr, output.stderr())):
             if pipe is not None:
                 self.forwarder.add_pipe(pipe, target, end_line=False)
-        self.forwarder.start()
-        if self._signal:
-            self.origin.send_signal(self._signal[0])
         try:
+            self.broker = self.spawner.start_broker(
+                "scoop_rt.broker", pass_fds=(listener.fd,) if listener else ())
+            if listener:
+                listener.close_listener()  # the broker's now, and gone with it
+            names = self._names()
+            local = [(name, host) for name, host in names if host not in self.remote]
+            for _ in local:
+                proc = self.spawner.start_worker("scoop_rt.worker")
+                self.forwarder.add_pipe(proc.stdout, output.stdout())
+                self.forwarder.add_pipe(proc.stderr, output.stderr())
+                self.workers.append(proc)
+            self.forwarder.start()
+            if self._signal:
+                self.origin.send_signal(self._signal[0])
             self.keys = _make_keys() if self.spec.config.secure else None
             spawn.write_close(self.broker.stdin, self._broker_boot())
             endpoint = listener.endpoint if listener else self._broker_endpoint()
@@ -263,13 +261,6 @@ class Run:
         if self.local_endpoint is not None:
             self.local_endpoint.remove()
         self.forwarder.close(timeout=1.0)
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _wait_all(procs: list, timeout: float) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ import zmq
 
 from .. import __version__, protocol, transport
 from ..protocol import Msg, Role
+from . import spawn
 
 _POLL = 0.1
 AGENT_DELAY = 1.0
@@ -76,7 +76,7 @@ class WorkerWatch(threading.Thread):
                     if code is None:
                         continue
                     watching.remove((names, proc))
-                    if isinstance(proc, subprocess.Popen):
+                    if spawn.is_local(proc):
                         due.append((now, names, describe_exit(code)))
                     else:
                         due.append((now + AGENT_DELAY, names,
