@@ -9,9 +9,14 @@ traceback and gives 1, as ``python script.py`` would.
 
 from __future__ import annotations
 
-import atexit
-import os
 import signal
+
+# Started before the launcher knows there is a run (``launcher.prestart``),
+# this process must not die of a Ctrl-C pressed meanwhile: the signal waits,
+# blocked, until the script runs, and then interrupts it as usual.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+import os  # noqa: E402
 import sys
 import threading
 import traceback
@@ -74,6 +79,8 @@ def run_script(path: str, argv: list) -> int:
         traceback.print_exception(type(exc), exc, None)
         return 1
     try:
+        # A Ctrl-C held back since this process started is raised here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         exec(code, module.__dict__)
     except SystemExit as exc:
         return _exit_code(exc.code)
@@ -116,20 +123,7 @@ def _exit_code(code: object) -> int:
     return 1
 
 
-_status = 1  # the process's exit code, once the script has one
-
-
-def _leave() -> None:
-    """Registered first, so Python calls it last on its way out: after the
-    script's threads are joined and its own ``atexit`` functions have run.
-    It leaves without the teardown of every module, which took as long as
-    a whole short run on a small machine."""
-    exit_now(_status)
-
-
 def main() -> None:
-    global _status
-    atexit.register(_leave)
     fd = int(os.environ.pop(ENV_BOOT_FD))
     with os.fdopen(fd, "rb") as pipe:
         boot = bootstrap.read(pipe)
@@ -147,7 +141,6 @@ def main() -> None:
     except (OSError, ValueError):
         pass
     client.finish(code)
-    _status = code
     sys.exit(code)
 
 

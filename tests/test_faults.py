@@ -4,6 +4,7 @@ killed launcher, broker or origin, signals, version mismatch, bad input."""
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -299,6 +300,47 @@ def test_stop_signals(tmp_path, signum, code, words):
     assert not alive(still)
     assert len(err.strip().splitlines()) == 1 and words in err, err
     assert "Traceback" not in err
+
+
+def test_ctrl_c_before_the_run_starts(tmp_path):
+    """The script's process starts before the launcher has read its hosts;
+    a Ctrl-C from the terminal (to the whole process group) meanwhile stops
+    the command with one line, and leaves no process behind."""
+    hosts = tmp_path / "hosts"
+    os.mkfifo(hosts)  # reading it blocks the launcher until someone writes
+    terminal, tty = os.openpty()  # the script's process writes there itself
+    try:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "scoop_rt", "--hostfile", str(hosts),
+             str(script(tmp_path, LONG_RUN))],
+            stdout=tty, stderr=tty, start_new_session=True)
+        os.close(tty)
+        try:
+            wait_for(lambda: "origin" in role_processes(launcher.pid), 30,
+                     "the script's process to start")
+            origin = role_processes(launcher.pid)["origin"]
+            time.sleep(0.5)  # past its imports, waiting for its bootstrap
+            os.killpg(launcher.pid, signal.SIGINT)
+            launcher.wait(timeout=30)
+            gone, still = psutil.wait_procs(origin, timeout=5)
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait(timeout=30)
+        printed = b""
+        while select.select([terminal], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            printed += chunk
+    finally:
+        os.close(terminal)
+    assert launcher.returncode == 130
+    assert printed.decode().strip() == "scoop_rt: interrupted (Ctrl-C)", printed
+    assert not alive(still)
 
 
 def test_mismatched_version_is_refused_naming_both(tmp_path):

@@ -2,14 +2,16 @@
 
 import json
 import os
+import signal
+import subprocess
 import sys
+from collections import Counter
 
 import psutil
-import pytest
 
 import scoop_rt
 
-from conftest import explain, run_argv, run_scoop
+from conftest import explain, run_argv, run_scoop, scoop_argv, scoop_env, write_script
 
 
 def test_script_arguments_and_exit_code(tmp_path):
@@ -28,6 +30,18 @@ def test_script_arguments_and_exit_code(tmp_path):
     assert proc.returncode == 3, explain(proc)
     expected = ["plain", "with space", "-n", "5", "-v", "--help", "--"]
     assert json.loads(proc.stdout) == {"origin": expected, "worker": expected}
+
+
+def test_exit_code_survives_an_ignored_sigchld(tmp_path):
+    """A launcher started with SIGCHLD ignored (as some daemons start their
+    children) still reports the script's exit code: ignored, the signal
+    would make the kernel reap the script's process unasked."""
+    script = write_script(tmp_path, "import sys\nsys.exit(3)\n")
+    proc = subprocess.run(
+        scoop_argv(script), cwd=tmp_path, env=scoop_env(), capture_output=True,
+        text=True, timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+    assert proc.returncode == 3, explain(proc)
 
 
 def test_script_that_ends_normally_exits_0(tmp_path):
@@ -100,19 +114,17 @@ PROCESS_FACTS = """
 
     def facts(delay):
         time.sleep(delay)
-        pipes = []
+        links = []
         for fd in os.listdir("/proc/self/fd"):
             try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
             except OSError:  # the listing's own descriptor
                 continue
-            if target.startswith("pipe:"):
-                pipes.append(target)
         with open("/proc/self/comm") as f:
             name = f.read().strip()
         with open("/proc/self/cmdline", "rb") as f:
             cmdline = f.read().decode().replace("\\0", " ")
-        return dict(pid=os.getpid(), pipes=pipes, role=os.environ.get("SCOOP_RT_ROLE"),
+        return dict(pid=os.getpid(), links=links, role=os.environ.get("SCOOP_RT_ROLE"),
                     draw=random.random(), name=name, cmdline=cmdline,
                     own_session=os.getsid(0) == os.getpid())
 
@@ -122,28 +134,36 @@ PROCESS_FACTS = """
 """
 
 
-@pytest.mark.parametrize("fork", ["1", "0"])
-def test_workers_start_clean_forked_or_not(tmp_path, fork):
-    """A forked worker holds nothing of the launcher's (its pipes are its
-    own), runs in a session of its own like a started one, knows its role,
-    draws random numbers of its own, and is named after its role."""
-    proc = run_scoop(tmp_path, PROCESS_FACTS, prelude=True,
-                     env={"SCOOP_RT_FORK": fork})
-    assert proc.returncode == 0, explain(proc)
-    facts = [f for f in json.loads(proc.stdout) if f["role"] == "worker"]
-    by_pid = {f["pid"]: f for f in facts}
-    assert len(by_pid) == 2, facts
-    draws = [f["draw"] for f in facts]
+def _kinds(links: list) -> Counter:
+    """What a process holds open, by kind: pipe, socket, anon_inode:[eventfd]..."""
+    return Counter(link.split(":[")[0] if ":[" in link else link for link in links)
+
+
+def test_forked_workers_hold_what_started_ones_hold(tmp_path):
+    """A forked worker holds nothing of the launcher's: the same descriptors,
+    kind for kind, as a worker started as a new interpreter, and pipes of its
+    own. Like a started one it runs in a session of its own, knows its role
+    and draws random numbers of its own; it is named after its role."""
+    facts = {}
+    for fork in ("1", "0"):
+        proc = run_scoop(tmp_path, PROCESS_FACTS, prelude=True,
+                         env={"SCOOP_RT_FORK": fork})
+        assert proc.returncode == 0, explain(proc)
+        facts[fork] = [f for f in json.loads(proc.stdout) if f["role"] == "worker"]
+    started = {f["pid"]: f for f in facts["0"]}
+    forked = {f["pid"]: f for f in facts["1"]}
+    assert len(started) == len(forked) == 2, facts
+    expected = _kinds(next(iter(started.values()))["links"])
+    assert expected["pipe"] == 3  # stdin, stdout and stderr
+    for f in [*started.values(), *forked.values()]:
+        assert _kinds(f["links"]) == expected, f
+        assert f["own_session"], f
+    first, second = forked.values()
+    assert not {l for l in first["links"] if l.startswith("pipe:")} & set(second["links"])
+    draws = [f["draw"] for f in facts["1"]]
     assert len(set(draws)) == len(draws)  # no two workers share a random state
-    first, second = by_pid.values()
-    assert not set(first["pipes"]) & set(second["pipes"])
-    for f in by_pid.values():
-        assert len(f["pipes"]) <= 3, f  # its own stdin, stdout and stderr
-        assert f["own_session"]
-        if fork == "1":
-            assert f["name"] == "scoop_rt.worker"
-        else:
-            assert "-m scoop_rt.worker" in f["cmdline"]
+    assert all(f["name"] == "scoop_rt.worker" for f in forked.values())
+    assert all("-m scoop_rt.worker" in f["cmdline"] for f in started.values())
 
 
 def test_local_run_uses_no_network(live_scoop, tmp_path):

@@ -177,6 +177,9 @@ def _ssh_options(args: argparse.Namespace) -> SSHOptions:
 
 
 def main(argv: list | None = None) -> int:
+    # Inherited as ignored, SIGCHLD would make the kernel reap the run's
+    # processes unasked, and their exit codes (the script's) would be lost.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -203,7 +206,8 @@ def _main(argv: list | None) -> int:
     remote_names = [h.name for h in resolved.hosts if not hostlib.is_local(h.name)]
     options = _ssh_options(args) if remote_names else None
     if args.dry_run:
-        print(_dry_run(resolved, total, remote_names, options, script, args))
+        forked = config.fork and not remote_names
+        print(_dry_run(resolved, total, remote_names, options, script, args, forked))
         return 0
     contacted = cluster.contact(remote_names, options, script)
     try:
@@ -276,7 +280,8 @@ def _is_mine(address: str) -> bool:
         return False
 
 
-def _dry_run(resolved, total, remote_names, options, script, args) -> str:
+def _dry_run(resolved, total, remote_names, options, script, args,
+             forked: bool) -> str:
     lines = [f"hosts from {resolved.source}:"]
     known = all(h.slots is not None or hostlib.is_local(h.name) for h in resolved.hosts)
     counts = {}
@@ -294,7 +299,8 @@ def _dry_run(resolved, total, remote_names, options, script, args) -> str:
         lines.append(f"  ({total} workers in all, spread once each host's cores are known)")
     py = sys.executable
     lines.append("commands:")
-    lines.append(f"  broker: {shlex.join([py, '-m', 'scoop_rt.broker'])}")
+    fork = "forked from the launcher"
+    lines.append(f"  broker: {fork if forked else shlex.join([py, '-m', 'scoop_rt.broker'])}")
     for h in resolved.hosts:
         if h.name in remote_names:
             from .ssh import SSHHost
@@ -302,8 +308,8 @@ def _dry_run(resolved, total, remote_names, options, script, args) -> str:
                 [options.python, "-m", "scoop_rt.launcher.agent"])
             lines.append(f"  {h.name}: ssh {h.name} {shlex.quote(cmd)}")
         else:
-            lines.append(f"  {h.name}: {shlex.join([py, '-m', 'scoop_rt.worker'])}"
-                         " (per worker)")
+            how = fork if forked else shlex.join([py, '-m', 'scoop_rt.worker'])
+            lines.append(f"  {h.name}: {how} (per worker)")
     lines.append(f"  origin: {shlex.join([py, '-m', 'scoop_rt.origin', script, *args.args])}")
     return "\n".join(lines)
 

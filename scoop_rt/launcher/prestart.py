@@ -31,7 +31,10 @@ def start(argv: list) -> None:
     """Start the origin now, unless ``argv`` is not a run."""
     global _first
     if argv and not NOT_A_RUN.intersection(argv):
-        _first = spawn_origin(os.environ)
+        try:
+            _first = spawn_origin(os.environ)
+        except OSError:
+            pass  # the run will try again, and say why if it fails
 
 
 def take() -> tuple | None:
@@ -81,6 +84,7 @@ def spawn_origin(environ) -> tuple:
         actions.append((os.POSIX_SPAWN_DUP2, write_end, fd))
         ours.append(read_end)
         theirs.append(write_end)
+    _keep_to_ourselves()
     os.set_inheritable(boot_read, True)  # the others are dup2'ed into place
     try:
         pid = os.posix_spawn(sys.executable,
@@ -95,3 +99,19 @@ def spawn_origin(environ) -> tuple:
         for fd in theirs:
             os.close(fd)
     return (pid, *ours, boot_write)
+
+
+def _keep_to_ourselves() -> None:
+    """Mark every descriptor from 3 up that this process inherited as not
+    inheritable (``posix_spawn`` has no ``close_fds``): the origin gets only
+    what it is given, as with ``subprocess``."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc here
+        return
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, closed by now
+                pass

@@ -85,7 +85,10 @@ class Run:
         # The origin first (``prestart`` may have started it already): a new
         # interpreter, it starts on another core while this process starts
         # the broker and the workers.
-        self.origin, origin_pipe = self.spawner.start_origin()
+        try:
+            self.origin, origin_pipe = self.spawner.start_origin()
+        except OSError as exc:
+            raise LaunchError(f"could not start the script's process: {exc}") from None
         for pipe, target in ((self.origin.stdout, output.stdout()),
                              (self.origin.stderr, output.stderr())):
             if pipe is not None:

@@ -124,8 +124,8 @@ class Child:
             if self.returncode is None:
                 try:
                     pid, status = os.waitpid(self.pid, flags)
-                except ChildProcessError:
-                    pid, status = self.pid, 255 << 8  # reaped elsewhere
+                except ChildProcessError:  # reaped unasked: as Popen, say 0
+                    pid, status = self.pid, 0
                 if pid == self.pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
             return self.returncode
@@ -165,9 +165,18 @@ class Forked(Child):
                 stream.flush()  # or the child would write it again
             except (AttributeError, OSError, ValueError):
                 pass
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (child_in, parent_in, parent_out, child_out, parent_err, child_err):
+                if fd is not None:
+                    os.close(fd)
+            raise
         if pid == 0:
-            _become(main, module, env, child_in, child_out, child_err, pass_fds)
+            try:
+                _become(main, module, env, child_in, child_out, child_err, pass_fds)
+            finally:
+                os._exit(1)  # never back into the launcher's code
         for fd in (child_in, child_out, child_err):
             if fd is not None:
                 os.close(fd)
@@ -185,9 +194,16 @@ def _become(main, module: str, env: dict, stdin: int, stdout: int,
         if stderr is not None:
             os.dup2(stderr, 2)
         _close_all_but(pass_fds)
-        sys.stdin = open(0, closefd=False)
-        sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="backslashreplace")
+        # The launcher's stdio objects (flushed before the fork) now write
+        # to this process's pipes, with the launcher's encoding and
+        # buffering; only a stream it had closed needs a new one.
+        if sys.stdin is None:
+            sys.stdin = open(0, closefd=False)
+        if sys.stdout is None:
+            sys.stdout = open(1, "w", closefd=False)
+        if sys.stderr is None:
+            sys.stderr = open(2, "w", buffering=1, closefd=False,
+                              errors="backslashreplace")
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for signum in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
