@@ -407,7 +407,7 @@ class Client:
         ``calls`` (items, or argument tuples with ``star``): the values up to
         the first error, and that error or None."""
         frames = serialization.dump_chunk(fn, calls, star)
-        return self._submit(frames, serialization.describe(fn), True, Flags.NONE)
+        return self._submit(frames, serialization.describe(fn), True, Flags.CHUNK)
 
     def _submit(self, frames: list, label: str, chunk: bool,
                 flags: Flags) -> Future:
@@ -489,8 +489,10 @@ class Client:
 
     def send_submit(self, tid: int, flags: Flags, frames: list) -> None:
         now = time.monotonic()
-        # Alone: nothing else of ours is in flight, or no submit came lately.
-        quiet = len(self._futures) <= 1 or now - self._last_submit > SUBMIT_GAP
+        # Alone: no more of ours in flight than there are workers (so that
+        # each can start on one at once), or no submit came lately.
+        quiet = (len(self._futures) <= max(1, self.size)
+                 or now - self._last_submit > SUBMIT_GAP)
         self._last_submit = now
         self.queue(Msg.SUBMIT, (tid, int(flags), frames), at_once=quiet)
 

@@ -1,10 +1,18 @@
-"""Prefetch, when asked for: short tasks still give every result once, in order."""
+"""Prefetch: short tasks still give every result once, in order; what the
+broker sends ahead, and what it keeps."""
 
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
+
+import zmq
+
+from scoop_rt import __version__, protocol, transport
+from scoop_rt.config import Config
+from scoop_rt.protocol import Flags, Msg, Status
 
 
 def test_prefetch_keeps_results_whole(tmp_path):
@@ -26,3 +34,65 @@ def test_prefetch_keeps_results_whole(tmp_path):
                           env={**os.environ, "SCOOP_RT_PREFETCH": "1"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [i * 3 for i in range(2000)] + [i * 3 for i in range(5000)]
+
+
+def _welcomed(ctx, endpoint, keys, identity, role):
+    """A DEALER of a fake client that said HELLO and got its WELCOME."""
+    sock = transport.connect_dealer(ctx, endpoint, transport.client_keys(keys), identity)
+    sock.send_multipart(protocol.encode(
+        Msg.HELLO, role, identity.decode(), "here", os.getpid(), __version__,
+        "%d.%d" % sys.version_info[:2]))
+    assert sock.poll(10_000), f"no WELCOME for {role}"
+    assert protocol.decode(sock.recv_multipart()).type == Msg.WELCOME
+    return sock
+
+
+def _tasks(sock, settle=0.3):
+    """Every task that reaches ``sock`` until none has come for ``settle`` s,
+    as one list per TASK message."""
+    batches = []
+    while sock.poll(int(settle * 1000)):
+        msg = protocol.decode(sock.recv_multipart())
+        if msg.type == Msg.TASK:
+            batches.append(protocol.split_batch(msg))
+    return batches
+
+
+def test_a_short_queue_of_map_chunks_goes_ahead_to_a_worker():
+    """A real broker, a worker that asked for 8 tasks ahead, and three tasks:
+    a short queue. Map chunks go to the worker all at once (nobody cancels
+    one alone); other tasks go one at a time, the rest staying at the broker
+    where cancel() can still take them back."""
+    keys = transport.make_keys()
+    boot = {"config": Config().to_dict(), "keys": keys, "version": __version__,
+            "size": 1, "bind": "127.0.0.1"}
+    broker = subprocess.Popen([sys.executable, "-m", "scoop_rt.broker"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    ctx = zmq.Context()
+    socks = []
+    try:
+        broker.stdin.write(json.dumps(boot).encode())
+        broker.stdin.close()
+        endpoint = json.loads(broker.stdout.readline())["endpoint"]
+        worker = _welcomed(ctx, endpoint, keys, b"w0", "worker")
+        origin = _welcomed(ctx, endpoint, keys, b"origin", "origin")
+        socks += [worker, origin]
+        worker.send_multipart(protocol.encode(Msg.CREDIT, 8))
+        time.sleep(0.2)  # the credit is in before the tasks
+        submit = [(tid, int(Flags.CHUNK), [b"chunk"]) for tid in range(3)]
+        origin.send_multipart(protocol.encode_batch(Msg.SUBMIT, submit))
+        chunks = _tasks(worker)
+        assert [len(batch) for batch in chunks] == [3]
+        done = [(btid, int(Status.OK), [b"done"]) for btid, _, _ in chunks[0]]
+        worker.send_multipart(protocol.encode_batch(Msg.RESULT, done))
+        submit = [(tid, int(Flags.NONE), [b"call"]) for tid in range(3, 6)]
+        origin.send_multipart(protocol.encode_batch(Msg.SUBMIT, submit))
+        calls = _tasks(worker)
+        assert [len(batch) for batch in calls] == [1]
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
+        broker.terminate()
+        broker.wait(timeout=30)

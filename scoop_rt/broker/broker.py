@@ -88,6 +88,7 @@ class Broker:
         self.by_client: dict[tuple[bytes, int], int] = {}
         self.queue: deque[int] = deque()  # may hold entries of dropped tasks
         self.queued = 0  # live entries in ``queue``
+        self.queued_alone = 0  # those a client may cancel one by one (not chunks)
         self.consts: dict[str, list] = {}
         self.gone: set[str] = set()  # names of workers that died or never came
         self.stop_reason: str | None = None
@@ -277,7 +278,10 @@ class Broker:
         in one message when the queue is deep (see scheduling.Slots)."""
         workers = self.workers
         while self.queue:
-            workers.deep = self.queued >= workers.deep_queue()
+            # Tasks go ahead to workers (prefetch) from a deep queue, or from
+            # one that holds only map chunks, which nobody cancels alone.
+            workers.deep = (self.queued >= workers.deep_queue()
+                            or not self.queued_alone)
             wid = workers.take()
             if wid is None:
                 return
@@ -319,15 +323,13 @@ class Broker:
             self.queue.appendleft(btid)
         else:
             self.queue.append(btid)
-        self.tasks[btid].queued = True
-        self.queued += 1
+        self._count(self.tasks[btid], queued=True)
 
     def drop(self, btid: int) -> Task | None:
         """Forget a task; its queue entry, if any, is skipped from now on."""
         task = self.tasks.pop(btid, None)
         if task is not None and task.queued:
-            task.queued = False
-            self.queued -= 1
+            self._count(task, queued=False)
         return task
 
     def _next_queued(self) -> int | None:
@@ -335,10 +337,17 @@ class Broker:
             btid = self.queue.popleft()
             task = self.tasks.get(btid)
             if task is not None and task.queued:
-                task.queued = False
-                self.queued -= 1
+                self._count(task, queued=False)
                 return btid
         return None
+
+    def _count(self, task: Task, queued: bool) -> None:
+        """Mark a task as in the queue or out of it, and count it."""
+        task.queued = queued
+        step = 1 if queued else -1
+        self.queued += step
+        if not task.flags & Flags.CHUNK:
+            self.queued_alone += step
 
     def watch(self) -> None:
         now = time.monotonic()
