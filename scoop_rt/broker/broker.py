@@ -88,7 +88,6 @@ class Broker:
         self.by_client: dict[tuple[bytes, int], int] = {}
         self.queue: deque[int] = deque()  # may hold entries of dropped tasks
         self.queued = 0  # live entries in ``queue``
-        self.queued_alone = 0  # those a client may cancel one by one (not chunks)
         self.consts: dict[str, list] = {}
         self.gone: set[str] = set()  # names of workers that died or never came
         self.stop_reason: str | None = None
@@ -278,10 +277,7 @@ class Broker:
         in one message when the queue is deep (see scheduling.Slots)."""
         workers = self.workers
         while self.queue:
-            # Tasks go ahead to workers (prefetch) from a deep queue, or from
-            # one that holds only map chunks, which nobody cancels alone.
-            workers.deep = (self.queued >= workers.deep_queue()
-                            or not self.queued_alone)
+            workers.deep = self.queued >= workers.deep_queue()
             wid = workers.take()
             if wid is None:
                 return
@@ -344,10 +340,7 @@ class Broker:
     def _count(self, task: Task, queued: bool) -> None:
         """Mark a task as in the queue or out of it, and count it."""
         task.queued = queued
-        step = 1 if queued else -1
-        self.queued += step
-        if not task.flags & Flags.CHUNK:
-            self.queued_alone += step
+        self.queued += 1 if queued else -1
 
     def watch(self) -> None:
         now = time.monotonic()

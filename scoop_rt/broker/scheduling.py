@@ -11,10 +11,10 @@ costs the same with 2 workers or 1,000.
 Prefetch only while the queue is deep: a task sent ahead to a worker can no
 longer be cancelled (as with ProcessPoolExecutor's call queue), so a task
 queued behind busy workers, in a short queue, stays at the broker where
-``cancel()`` can still take it back. A queue of nothing but map chunks
-counts as deep whatever its length (the broker decides, from the tasks'
-``CHUNK`` flag): nobody cancels a chunk alone, and a map's few chunks are
-meant to spread at once. A worker with free slots gets its share
+``cancel()`` can still take it back. A short queue of long tasks keeps its
+balance that way too: a worker's prefetch is judged from the tasks it ran
+last, and after short ones it would take long ones ahead, several to one
+worker while another idles. A worker with free slots gets its share
 of the queue in one message, so many short tasks cost the broker one send.
 """
 
