@@ -19,8 +19,11 @@ other people's runs on the same machine are never touched.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import queue
+import select
 import subprocess
 import sys
 import textwrap
@@ -308,6 +311,29 @@ def _suspects(before: set, token: str) -> list:
         except psutil.Error:
             continue
     return found
+
+
+@contextlib.contextmanager
+def real_broker(config=None):
+    """A broker process on its own, bootstrapped as the launcher does for a
+    run of one worker over TCP; yields (its endpoint, the run's keys), and
+    stops it at the end."""
+    from scoop_rt import __version__, transport
+    from scoop_rt.config import Config
+    keys = transport.make_keys()
+    boot = {"config": (config or Config()).to_dict(), "keys": keys,
+            "version": __version__, "size": 1, "bind": "127.0.0.1"}
+    broker = subprocess.Popen([sys.executable, "-m", "scoop_rt.broker"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    try:
+        broker.stdin.write(json.dumps(boot).encode())
+        broker.stdin.close()
+        assert select.select([broker.stdout], [], [], 30)[0], "the broker said nothing"
+        yield json.loads(broker.stdout.readline())["endpoint"], keys
+    finally:
+        broker.terminate()
+        broker.wait(timeout=30)
 
 
 def role_of(p: psutil.Process) -> str | None:

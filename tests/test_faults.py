@@ -18,7 +18,7 @@ import zmq
 from scoop_rt import __version__, protocol, transport
 from scoop_rt.config import Config
 from scoop_rt.protocol import Msg
-from conftest import role_of
+from conftest import real_broker, role_of
 
 TIMEOUT = 120
 
@@ -345,28 +345,18 @@ def test_ctrl_c_before_the_run_starts(tmp_path):
 
 def test_mismatched_version_is_refused_naming_both(tmp_path):
     """A client claiming another version is refused by a real broker."""
-    config = Config(heartbeat_interval=0.5)
-    keys = transport.make_keys()
-    boot = {"config": config.to_dict(), "keys": keys, "version": __version__,
-            "size": 1, "bind": "127.0.0.1"}
-    broker = subprocess.Popen([sys.executable, "-m", "scoop_rt.broker"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL)
     ctx = zmq.Context()
     try:
-        broker.stdin.write(json.dumps(boot).encode())
-        broker.stdin.close()
-        endpoint = json.loads(broker.stdout.readline())["endpoint"]
-        sock = transport.connect_dealer(ctx, endpoint, transport.client_keys(keys), b"w9")
-        sock.send_multipart(protocol.encode(Msg.HELLO, "worker", "w9", "elsewhere", 1,
-                                            "0.0.1", "2.7"))
-        assert sock.poll(10_000), "no answer to HELLO"
-        msg = protocol.decode(sock.recv_multipart())
-        sock.close()
+        with real_broker(Config(heartbeat_interval=0.5)) as (endpoint, keys):
+            sock = transport.connect_dealer(ctx, endpoint, transport.client_keys(keys),
+                                            b"w9")
+            sock.send_multipart(protocol.encode(Msg.HELLO, "worker", "w9", "elsewhere",
+                                                1, "0.0.1", "2.7"))
+            assert sock.poll(10_000), "no answer to HELLO"
+            msg = protocol.decode(sock.recv_multipart())
+            sock.close()
     finally:
         ctx.term()
-        broker.terminate()
-        broker.wait(timeout=30)
     assert msg.type == Msg.REFUSED
     assert "0.0.1" in msg.fields.reason and "2.7" in msg.fields.reason
     assert __version__ in msg.fields.reason

@@ -11,8 +11,9 @@ import time
 import zmq
 
 from scoop_rt import __version__, protocol, transport
-from scoop_rt.config import Config
 from scoop_rt.protocol import Flags, Msg, Status
+
+from conftest import real_broker
 
 
 def test_prefetch_keeps_results_whole(tmp_path):
@@ -64,35 +65,25 @@ def test_a_short_queue_goes_one_task_at_a_time():
     others staying at the broker, where cancel() can still take them back,
     and from where they go to whichever worker is free first: taken ahead,
     long tasks (a map's few long chunks) would pile up on one worker."""
-    keys = transport.make_keys()
-    boot = {"config": Config().to_dict(), "keys": keys, "version": __version__,
-            "size": 1, "bind": "127.0.0.1"}
-    broker = subprocess.Popen([sys.executable, "-m", "scoop_rt.broker"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL)
     ctx = zmq.Context()
     socks = []
     try:
-        broker.stdin.write(json.dumps(boot).encode())
-        broker.stdin.close()
-        endpoint = json.loads(broker.stdout.readline())["endpoint"]
-        worker = _welcomed(ctx, endpoint, keys, b"w0", "worker")
-        origin = _welcomed(ctx, endpoint, keys, b"origin", "origin")
-        socks += [worker, origin]
-        worker.send_multipart(protocol.encode(Msg.CREDIT, 8))
-        time.sleep(0.2)  # the credit is in before the tasks
-        submit = [(tid, int(Flags.NONE), [b"call"]) for tid in range(3)]
-        origin.send_multipart(protocol.encode_batch(Msg.SUBMIT, submit))
-        for _ in range(3):
-            batches = _tasks(worker)
-            assert [len(batch) for batch in batches] == [1]
-            (btid, _, _), = batches[0]
-            worker.send_multipart(protocol.encode_batch(
-                Msg.RESULT, [(btid, int(Status.OK), [b"done"])]))
-        assert not _tasks(worker)
+        with real_broker() as (endpoint, keys):
+            worker = _welcomed(ctx, endpoint, keys, b"w0", "worker")
+            origin = _welcomed(ctx, endpoint, keys, b"origin", "origin")
+            socks += [worker, origin]
+            worker.send_multipart(protocol.encode(Msg.CREDIT, 8))
+            time.sleep(0.2)  # the credit is in before the tasks
+            submit = [(tid, int(Flags.NONE), [b"call"]) for tid in range(3)]
+            origin.send_multipart(protocol.encode_batch(Msg.SUBMIT, submit))
+            for _ in range(3):
+                batches = _tasks(worker)
+                assert [len(batch) for batch in batches] == [1]
+                (btid, _, _), = batches[0]
+                worker.send_multipart(protocol.encode_batch(
+                    Msg.RESULT, [(btid, int(Status.OK), [b"done"])]))
+            assert not _tasks(worker)
     finally:
         for sock in socks:
             sock.close(linger=0)
         ctx.term()
-        broker.terminate()
-        broker.wait(timeout=30)

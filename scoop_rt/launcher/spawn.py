@@ -66,20 +66,21 @@ class LocalSpawner(Spawner):
 
     def start_broker(self, module: str, pass_fds: Sequence[int] = ()):
         """``pass_fds``: a listening socket the broker is to take over."""
-        if self._may_fork():
-            return Forked(module, self._env("broker"), stderr=False, pass_fds=pass_fds)
-        return _own_group(subprocess.Popen(
-            module_argv(python(), module), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=self._env("broker"),
-            start_new_session=True, pass_fds=pass_fds))
+        return self._start(module, "broker", stderr=False, pass_fds=pass_fds)
 
     def start_worker(self, module: str):
+        return self._start(module, "worker", stderr=True)
+
+    def _start(self, module: str, role: str, stderr: bool, pass_fds: Sequence[int] = ()):
+        """``module``'s ``main`` in a session of its own, with pipes for its
+        stdin and stdout (and, with ``stderr``, its stderr)."""
+        env = self._env(role)
         if self._may_fork():
-            return Forked(module, self._env("worker"), stderr=True)
+            return Forked(module, env, stderr=stderr, pass_fds=pass_fds)
         return _own_group(subprocess.Popen(
             module_argv(python(), module), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self._env("worker"), start_new_session=True))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE if stderr else None,
+            env=env, start_new_session=True, pass_fds=pass_fds))
 
     def start_origin(self) -> tuple:
         """The origin: a new interpreter, the one ``prestart`` started if
