@@ -9,6 +9,7 @@ anything. The keys are made fresh for each run by ``make_keys``.
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import zmq
@@ -90,11 +91,29 @@ _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
+# Signals whose handlers raise in the main thread (Ctrl-C, a scheduler's
+# SIGTERM), and that thread.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_MAIN = threading.main_thread().ident
+
+
 def send_message(sock: zmq.Socket, frames: list) -> None:
-    """Send a multipart message without copying large frames."""
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        sock.send(frame, _SNDMORE if i < last else 0, copy=False)
+    """Send a multipart message without copying large frames.
+
+    In the main thread, stop signals wait until the message is whole: their
+    handlers raise there, and a message cut off between two frames would be
+    finished by the next one sent on the socket (the origin's goodbye, say),
+    which the broker would then drop as malformed, both messages lost."""
+    main = threading.get_ident() == _MAIN
+    if main:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            sock.send(frame, _SNDMORE if i < last else 0, copy=False)
+    finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def recv_message(sock: zmq.Socket) -> list | None:
