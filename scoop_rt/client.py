@@ -407,7 +407,7 @@ class Client:
         ``calls`` (items, or argument tuples with ``star``): the values up to
         the first error, and that error or None."""
         frames = serialization.dump_chunk(fn, calls, star)
-        return self._submit(frames, serialization.describe(fn), True, Flags.NONE)
+        return self._submit(frames, serialization.describe(fn), True, Flags.CHUNK)
 
     def _submit(self, frames: list, label: str, chunk: bool,
                 flags: Flags) -> Future:

@@ -115,14 +115,28 @@ class _Feeder:
         # One iterable: its items travel as they are, and run as fn(item);
         # several: tuples of one item of each, run as fn(*call).
         self.star = len(iterables) != 1
-        self.calls = zip(*iterables) if self.star else iter(iterables[0])
+        self.chunks = self._chunks(iterables)
         self.window = _window(self.rt)
+
+    def _chunks(self, iterables: tuple) -> Iterator:
+        if not self.star and type(iterables[0]) is range:
+            # A range's chunks are ranges: three numbers travel, not a list.
+            whole = iterables[0]
+            for start in range(0, len(whole), self.size):
+                yield whole[start:start + self.size]
+            return
+        calls = zip(*iterables) if self.star else iter(iterables[0])
+        while True:
+            chunk = list(itertools.islice(calls, self.size))
+            if not chunk:
+                return
+            yield chunk
 
     def fill(self, inflight: Any, add: Callable) -> None:
         """Submit chunks until ``inflight`` holds a window's worth."""
         while len(inflight) < self.window:
-            chunk = list(itertools.islice(self.calls, self.size))
-            if not chunk:
+            chunk = next(self.chunks, None)
+            if chunk is None:
                 return
             future = self.rt.submit_chunk(self.fn, chunk, self.star)
             serialization.claim_task_files(future)

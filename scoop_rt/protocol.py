@@ -133,6 +133,8 @@ class Flags(enum.IntFlag):
 
     NONE = 0
     NO_RETRY = 1    # the task must not run twice: fail it if its worker dies
+    CHUNK = 2       # a chunk of a map: nobody cancels it alone, so one may
+                    # wait at a worker, ready, even while the queue is short
 
 
 # Field codecs: how one field becomes one frame and back.

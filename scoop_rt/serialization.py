@@ -224,8 +224,10 @@ def dump_chunk(fn: Callable, calls: Sequence, star: bool = False) -> list:
     """Frames of a task that calls ``fn(item)`` for each item of ``calls``,
     or ``fn(*call)`` for each with ``star``."""
     try:
+        if type(calls) is not range:
+            calls = list(calls)
         return _note_task_files(dumps((STAR_CHUNK if star else CHUNK, fn,
-                                       list(calls), {})))
+                                       calls, {})))
     except Exception as exc:
         detail = "the call cannot be pickled"
         for call in calls:

@@ -75,6 +75,10 @@ MAP_CALLABLES = """
         out["builtin"] = list(futures.map(abs, [-1, -2, 3]))
         out["empty"] = list(futures.map(square, []))
         out["many"] = list(futures.map(square, range(1000)))
+        # A range travels as ranges, one per chunk: any step, any size.
+        out["ranges"] = [list(futures.map(square, r)) for r in (
+            range(5, 1000, 7), range(1000, 0, -3), range(3, 3))]
+        out["range_chunks"] = list(futures.map(square, range(100), chunksize=7))
 
         # Slow first items: results still come back in input order.
         out["ordered"] = list(futures.map(delayed, range(6),
@@ -122,6 +126,9 @@ def test_map(tmp_path):
     assert out["builtin"] == [1, 2, 3]
     assert out["empty"] == []
     assert out["many"] == [x * x for x in range(1000)]
+    assert out["ranges"] == [[x * x for x in r] for r in (
+        range(5, 1000, 7), range(1000, 0, -3), range(3, 3))]
+    assert out["range_chunks"] == [x * x for x in range(100)]
     assert out["ordered"] == list(range(6))
     assert out["error"] == [[0, 10, 20, 30, 40], "ValueError", "item 5 is bad"]
     assert out["started_before_iteration"] is True

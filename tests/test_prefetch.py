@@ -1,6 +1,7 @@
 """Prefetch: short tasks still give every result once, in order; what the
 broker sends ahead, and what it keeps."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 import zmq
 
 from scoop_rt import __version__, protocol, transport
@@ -59,12 +61,10 @@ def _tasks(sock, settle=0.3):
     return batches
 
 
-def test_a_short_queue_goes_one_task_at_a_time():
-    """A real broker, a worker that asked for 8 tasks ahead (its last tasks
-    were short), and three tasks: a short queue. They go one at a time, the
-    others staying at the broker, where cancel() can still take them back,
-    and from where they go to whichever worker is free first: taken ahead,
-    long tasks (a map's few long chunks) would pile up on one worker."""
+@contextlib.contextmanager
+def _worker_and_origin(credit):
+    """A real broker, and fake clients: a worker that asked for ``credit``
+    tasks ahead (its last tasks were short), and an origin."""
     ctx = zmq.Context()
     socks = []
     try:
@@ -72,18 +72,54 @@ def test_a_short_queue_goes_one_task_at_a_time():
             worker = _welcomed(ctx, endpoint, keys, b"w0", "worker")
             origin = _welcomed(ctx, endpoint, keys, b"origin", "origin")
             socks += [worker, origin]
-            worker.send_multipart(protocol.encode(Msg.CREDIT, 8))
-            time.sleep(0.2)  # the credit is in before the tasks
-            submit = [(tid, int(Flags.NONE), [b"call"]) for tid in range(3)]
-            origin.send_multipart(protocol.encode_batch(Msg.SUBMIT, submit))
-            for _ in range(3):
-                batches = _tasks(worker)
-                assert [len(batch) for batch in batches] == [1]
-                (btid, _, _), = batches[0]
-                worker.send_multipart(protocol.encode_batch(
-                    Msg.RESULT, [(btid, int(Status.OK), [b"done"])]))
-            assert not _tasks(worker)
+            worker.send_multipart(protocol.encode(Msg.CREDIT, credit))
+            time.sleep(0.2)  # the credit is in before any task
+            yield worker, origin
     finally:
         for sock in socks:
             sock.close(linger=0)
         ctx.term()
+
+
+def _submit(origin, count, flags):
+    origin.send_multipart(protocol.encode_batch(
+        Msg.SUBMIT, [(tid, int(flags), [b"call"]) for tid in range(count)]))
+
+
+def _finish(worker, batch):
+    """The worker sends the outcome of the first task of ``batch``."""
+    btid = batch[0][0]
+    worker.send_multipart(protocol.encode_batch(
+        Msg.RESULT, [(btid, int(Status.OK), [b"done"])]))
+    return batch[1:]
+
+
+def test_a_short_queue_goes_one_task_at_a_time():
+    """Three tasks are a short queue. They go one at a time, the others
+    staying at the broker, where cancel() can still take them back, and from
+    where they go to whichever worker is free first: taken ahead, long tasks
+    would pile up on one worker."""
+    with _worker_and_origin(credit=8) as (worker, origin):
+        _submit(origin, 3, Flags.NONE)
+        for _ in range(3):
+            batches = _tasks(worker)
+            assert [len(batch) for batch in batches] == [1]
+            _finish(worker, batches[0])
+        assert not _tasks(worker)
+
+
+@pytest.mark.parametrize("credit, sizes", [(8, [2, 1, 1]), (0, [1, 1, 1, 1])])
+def test_a_short_queue_of_chunks_keeps_one_ahead(credit, sizes):
+    """Four chunks of a map are a short queue too, but a worker whose tasks
+    are short (it asked for tasks ahead) gets one more than it runs, so it
+    starts the next the moment it ends one; never more than one, so a map's
+    long chunks cannot pile up on it. A worker that asked for none gets them
+    one at a time."""
+    with _worker_and_origin(credit) as (worker, origin):
+        _submit(origin, 4, Flags.CHUNK)
+        held = []
+        for size in sizes:
+            batches = _tasks(worker)
+            assert [len(batch) for batch in batches] == [size]
+            held = _finish(worker, held + batches[0])
+        assert not _tasks(worker)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from scoop_rt import protocol
+from scoop_rt import protocol, serialization
 from scoop_rt.broker.scheduling import Slots
 from scoop_rt.protocol import Msg, ProtocolError
 
@@ -103,7 +103,7 @@ def test_blocked_and_prefetch_slots_count():
     slots.get(b"a").running.add(2)
     slots.set_prefetch(b"a", 1)         # it asked for one ahead...
     assert slots.take() is None         # ...which counts only in a deep queue
-    slots.deep = True
+    slots.ahead = Slots.ALL
     assert slots.take() == b"a"
     slots.get(b"a").running.add(3)
     slots.changed(b"a")
@@ -120,5 +120,20 @@ def test_deep_queue_and_even_shares():
     assert slots.share(100) == 50 and slots.share(1) == 1
     slots.set_prefetch(b"a", 32)
     assert slots.free(slots.get(b"a")) == 1
-    slots.deep = True
+    slots.ahead = slots.ahead_now(queued=Slots.DEEP_MIN, queued_alone=Slots.DEEP_MIN)
     assert slots.free(slots.get(b"a")) == 33 and slots.free(slots.get(b"b")) == 1
+    # A short queue: one ahead if it holds only chunks of maps, else none.
+    slots.ahead = slots.ahead_now(queued=3, queued_alone=0)
+    assert slots.free(slots.get(b"a")) == 2 and slots.free(slots.get(b"b")) == 1
+    slots.ahead = slots.ahead_now(queued=3, queued_alone=1)
+    assert slots.free(slots.get(b"a")) == 1
+
+
+def test_a_chunk_of_a_range_travels_as_a_range():
+    """A map over a range sends each chunk as a range: its three numbers,
+    not a list of its items."""
+    frames = serialization.dump_chunk(abs, range(-10**6, 10**6, 3))
+    assert sum(len(memoryview(frame)) for frame in frames) < 200
+    assert serialization.loads(frames)[2] == range(-10**6, 10**6, 3)
+    listed = serialization.dump_chunk(abs, iter(range(1000)))
+    assert serialization.loads(listed)[2] == list(range(1000))

@@ -88,6 +88,7 @@ class Broker:
         self.by_client: dict[tuple[bytes, int], int] = {}
         self.queue: deque[int] = deque()  # may hold entries of dropped tasks
         self.queued = 0  # live entries in ``queue``
+        self.queued_alone = 0  # those that are not chunks of maps
         self.consts: dict[str, list] = {}
         self.gone: set[str] = set()  # names of workers that died or never came
         self.stop_reason: str | None = None
@@ -277,7 +278,7 @@ class Broker:
         in one message when the queue is deep (see scheduling.Slots)."""
         workers = self.workers
         while self.queue:
-            workers.deep = self.queued >= workers.deep_queue()
+            workers.ahead = workers.ahead_now(self.queued, self.queued_alone)
             wid = workers.take()
             if wid is None:
                 return
@@ -299,7 +300,7 @@ class Broker:
                 if alone and entries:
                     self.enqueue(btid, front=True)
                     break
-                if once and slots.free(False) <= 0:
+                if once and slots.free(0) <= 0:
                     self.enqueue(btid, front=True)
                     stalled = True  # until a worker has a slot of its own
                     break
@@ -340,7 +341,10 @@ class Broker:
     def _count(self, task: Task, queued: bool) -> None:
         """Mark a task as in the queue or out of it, and count it."""
         task.queued = queued
-        self.queued += 1 if queued else -1
+        step = 1 if queued else -1
+        self.queued += step
+        if not task.flags & Flags.CHUNK:
+            self.queued_alone += step
 
     def watch(self) -> None:
         now = time.monotonic()

@@ -1,21 +1,30 @@
 """Scheduling policy: plain data and small functions, no sockets.
 
 A worker offers slots: one, plus one for each of its tasks that is blocked
-waiting on futures of its own, plus, while the queue is deep, the prefetch it
-asked for (a worker whose tasks are short asks for enough tasks ahead to
-cover a few milliseconds, so it never waits for the broker between two).
+waiting on futures of its own, plus tasks ahead (prefetch) while its tasks
+are short: a worker whose tasks are short asks for enough tasks ahead to
+cover a few milliseconds, so it never waits for the broker between two.
 Queued tasks go first in, first out, to the workers with free slots in turn
 (round robin), each kept at most once in a ready line, so handing out a task
 costs the same with 2 workers or 1,000.
 
-Prefetch only while the queue is deep: a task sent ahead to a worker can no
-longer be cancelled (as with ProcessPoolExecutor's call queue), so a task
-queued behind busy workers, in a short queue, stays at the broker where
-``cancel()`` can still take it back. A short queue of long tasks keeps its
-balance that way too: a worker's prefetch is judged from the tasks it ran
-last, and after short ones it would take long ones ahead, several to one
-worker while another idles. A worker with free slots gets its share
-of the queue in one message, so many short tasks cost the broker one send.
+How many tasks may go ahead depends on the queue (``Slots.ahead_now``):
+
+- a deep queue: as many as each worker asked for;
+- a short queue of nothing but chunks of maps: one per worker, so that a
+  worker starts its next chunk the moment it ends one, not a round trip to
+  the broker later; nobody cancels a chunk alone, and a map cuts its input
+  into a few chunks per worker, so one chunk ahead cannot upset the balance
+  by more than one chunk, even when a worker's prefetch was judged from
+  shorter tasks before;
+- any other short queue: none. A task sent ahead can no longer be cancelled
+  (as with ProcessPoolExecutor's call queue), so a task queued behind busy
+  workers stays at the broker, where ``cancel()`` can still take it back;
+  and a short queue of long tasks does not pile up on one worker while
+  another idles.
+
+A worker with free slots gets its share of the queue in one message, so many
+short tasks cost the broker one send.
 """
 
 from __future__ import annotations
@@ -33,44 +42,53 @@ class WorkerSlots:
     running: set = field(default_factory=set)  # broker task ids it holds
     ready: bool = False                        # whether it is in the ready line
 
-    def free(self, deep: bool) -> int:
-        ahead = self.prefetch if deep else 0
-        return 1 + self.blocked + ahead - len(self.running)
+    def free(self, ahead: int) -> int:
+        """Free slots, with at most ``ahead`` tasks taken ahead."""
+        return 1 + self.blocked + min(self.prefetch, ahead) - len(self.running)
 
 
 class Slots:
     """Every worker's slots, and the line of those with a free one."""
 
     # The queue is deep at this many queued tasks per worker (and at least
-    # DEEP_MIN): then prefetch slots count.
+    # DEEP_MIN): then all prefetch slots count.
     DEEP_PER_WORKER = 2
     DEEP_MIN = 8
+    ALL = 1 << 30  # no bound on the tasks ahead: a deep queue
 
     def __init__(self) -> None:
         self.workers: dict[bytes, WorkerSlots] = {}
         self._ready: deque[bytes] = deque()
-        self._deep = False
+        self._ahead = 0
         self._prefetching: set[bytes] = set()  # workers that asked for some
 
     @property
-    def deep(self) -> bool:
-        return self._deep
+    def ahead(self) -> int:
+        """How many tasks each worker may have ahead now, at most."""
+        return self._ahead
 
-    @deep.setter
-    def deep(self, value: bool) -> None:
-        if value and not self._deep:
-            self._deep = True
+    @ahead.setter
+    def ahead(self, value: int) -> None:
+        if value > self._ahead:
+            self._ahead = value
             # Prefetch slots open now: the workers that have them join the line.
             for wid in self._prefetching:
                 self.changed(wid)
-        self._deep = value
+        self._ahead = value
 
     def deep_queue(self) -> int:
         """The queue length from which the queue counts as deep."""
         return max(self.DEEP_MIN, self.DEEP_PER_WORKER * len(self.workers))
 
+    def ahead_now(self, queued: int, queued_alone: int) -> int:
+        """The bound on tasks ahead for a queue of ``queued`` tasks, of which
+        ``queued_alone`` are not chunks of maps (see the module's text)."""
+        if queued >= self.deep_queue():
+            return self.ALL
+        return 0 if queued_alone else 1
+
     def free(self, slots: WorkerSlots) -> int:
-        return slots.free(self._deep)
+        return slots.free(self._ahead)
 
     def share(self, queued: int) -> int:
         """How many of ``queued`` tasks one worker may take at once: an even
@@ -108,7 +126,7 @@ class Slots:
     def changed(self, wid: bytes) -> None:
         """Call after a worker's slots changed: it joins the line if free."""
         slots = self.workers.get(wid)
-        if slots is not None and not slots.ready and slots.free(self._deep) > 0:
+        if slots is not None and not slots.ready and slots.free(self._ahead) > 0:
             slots.ready = True
             self._ready.append(wid)
 
@@ -123,6 +141,6 @@ class Slots:
             if slots is None:
                 continue
             slots.ready = False
-            if slots.free(self._deep) > 0:
+            if slots.free(self._ahead) > 0:
                 return wid
         return None
