@@ -1,8 +1,13 @@
-"""The wire format and the scheduling policy, without sockets."""
+"""The wire format, the scheduling policy, and a message sent whole."""
+
+import os
+import signal
+import time
 
 import pytest
+import zmq
 
-from scoop_rt import protocol, serialization
+from scoop_rt import protocol, serialization, transport
 from scoop_rt.broker.scheduling import Slots
 from scoop_rt.protocol import Msg, ProtocolError
 
@@ -137,3 +142,48 @@ def test_a_chunk_of_a_range_travels_as_a_range():
     assert serialization.loads(frames)[2] == range(-10**6, 10**6, 3)
     listed = serialization.dump_chunk(abs, iter(range(1000)))
     assert serialization.loads(listed)[2] == list(range(1000))
+
+
+class _SignalledSocket(zmq.Socket):
+    """A real socket that gets a signal after it sends a message's first frame."""
+
+    signalled: list = []
+
+    def send(self, data, flags=0, copy=True, track=False):
+        result = super().send(data, flags, copy=copy, track=track)
+        if flags & zmq.SNDMORE and not self.signalled:
+            self.signalled.append(data)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+
+def test_a_stop_signal_waits_until_the_message_is_whole():
+    """A stop signal that comes while a message is being sent is handled
+    when the message is whole: a message cut between two frames would be
+    finished by the next one, and both dropped as malformed."""
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped
+
+    ctx = zmq.Context()
+    ctx._socket_class = _SignalledSocket
+    previous = signal.signal(signal.SIGUSR1, transport.after_sends(stop))
+    sender, receiver = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        receiver.bind("inproc://whole")
+        sender.connect("inproc://whole")
+        with pytest.raises(Stopped):
+            transport.send_message(sender, [b"one", b"two", b"three"])
+        assert _SignalledSocket.signalled == [b"one"]
+        assert receiver.poll(5000)
+        assert receiver.recv_multipart() == [b"one", b"two", b"three"]
+        with pytest.raises(Stopped):  # outside a send, the handler runs at once
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        sender.close(linger=0)
+        receiver.close(linger=0)
+        ctx.term()
