@@ -9,13 +9,14 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 import zmq
 
 from scoop_rt import __version__, protocol, transport
 from scoop_rt.protocol import Flags, Msg, Status
 
-from conftest import real_broker
+from conftest import real_broker, role_of
 
 
 def test_prefetch_keeps_results_whole(tmp_path):
@@ -50,13 +51,13 @@ def _welcomed(ctx, endpoint, keys, identity, role):
     return sock
 
 
-def _tasks(sock, settle=0.3):
-    """Every task that reaches ``sock`` until none has come for ``settle`` s,
-    as one list per TASK message."""
+def _tasks(sock, settle=0.3, kind=Msg.TASK):
+    """Every task (or outcome, with ``kind`` RESULT) that reaches ``sock``
+    until none has come for ``settle`` s, as one list per message."""
     batches = []
     while sock.poll(int(settle * 1000)):
         msg = protocol.decode(sock.recv_multipart())
-        if msg.type == Msg.TASK:
+        if msg.type == kind:
             batches.append(protocol.split_batch(msg))
     return batches
 
@@ -123,3 +124,23 @@ def test_a_short_queue_of_chunks_keeps_one_ahead(credit, sizes):
             assert [len(batch) for batch in batches] == [size]
             held = _finish(worker, held + batches[0])
         assert not _tasks(worker)
+
+
+def test_outcomes_that_arrive_together_leave_together():
+    """Two outcomes read by the broker in one go reach their submitter in
+    one message: every message costs each process on its way a wake-up."""
+    with _worker_and_origin(credit=8) as (worker, origin):
+        _submit(origin, 2, Flags.CHUNK)
+        (batch,) = _tasks(worker)
+        assert len(batch) == 2
+        broker, = [p for p in psutil.Process().children() if role_of(p) == "broker"]
+        broker.suspend()  # both outcomes wait in its socket
+        try:
+            for btid, _, _ in batch:
+                worker.send_multipart(protocol.encode_batch(
+                    Msg.RESULT, [(btid, int(Status.OK), [b"done"])]))
+            time.sleep(0.3)
+        finally:
+            broker.resume()
+        outcomes = _tasks(origin, kind=Msg.RESULT)
+        assert [[tid for tid, _, _ in got] for got in outcomes] == [[0, 1]]

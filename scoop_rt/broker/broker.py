@@ -90,6 +90,9 @@ class Broker:
         self.queued = 0  # live entries in ``queue``
         self.queued_alone = 0  # those that are not chunks of maps
         self.consts: dict[str, list] = {}
+        # Outcomes for their submitters, sent once the messages read in one
+        # go are handled: results that arrive together leave together.
+        self.outcomes: dict[bytes, list] = {}
         self.gone: set[str] = set()  # names of workers that died or never came
         self.stop_reason: str | None = None
         self._btids = itertools.count(1)
@@ -113,10 +116,13 @@ class Broker:
         try:
             while self.stop_reason is None:
                 self.receive(self.config.heartbeat_interval / 2)
+                self.send_outcomes()
                 self.dispatch()
                 self.watch()
+                self.send_outcomes()
         except _Stop as stop:
             self.stop_reason = str(stop)
+        self.send_outcomes()
         self.shutdown(self.stop_reason or "stopped")
 
     def receive(self, timeout: float) -> None:
@@ -152,12 +158,29 @@ class Broker:
         handler(identity, msg.fields, msg.payload)
 
     def send(self, identity: bytes, msg_type: Msg, *fields, payload=()) -> None:
-        frames = protocol.encode(msg_type, *fields, payload=payload)
-        transport.send_message(self.sock, [identity, *frames])
+        self._send(identity, protocol.encode(msg_type, *fields, payload=payload))
 
     def send_batch(self, identity: bytes, msg_type: Msg, entries: list) -> None:
-        frames = protocol.encode_batch(msg_type, entries)
+        self._send(identity, protocol.encode_batch(msg_type, entries))
+
+    def _send(self, identity: bytes, frames: list) -> None:
+        if identity in self.outcomes:  # what a peer is told stays in order
+            self._send_outcomes(identity, self.outcomes.pop(identity))
         transport.send_message(self.sock, [identity, *frames])
+
+    def reply(self, submitter: bytes, entry: tuple) -> None:
+        """Queue a task's outcome ``(tid, status, frames)`` for its submitter."""
+        self.outcomes.setdefault(submitter, []).append(entry)
+
+    def send_outcomes(self) -> None:
+        while self.outcomes:
+            identity = next(iter(self.outcomes))
+            self._send_outcomes(identity, self.outcomes.pop(identity))
+
+    def _send_outcomes(self, identity: bytes, entries: list) -> None:
+        if identity in self.peers:
+            transport.send_message(self.sock, [
+                identity, *protocol.encode_batch(Msg.RESULT, entries)])
 
     # -- handlers -------------------------------------------------------------
 
@@ -193,7 +216,6 @@ class Broker:
     def on_result(self, identity: bytes, f, payload) -> None:
         msg = protocol.Message(Msg.RESULT, f, payload)
         slots = self.workers.get(identity)
-        replies: dict[bytes, list] = {}
         for btid, status, frames in protocol.split_batch(msg):
             if slots is not None:
                 slots.running.discard(btid)
@@ -201,12 +223,9 @@ class Broker:
             if task is None:
                 continue  # cancelled, or already answered by another attempt
             self.by_client.pop((task.submitter, task.tid), None)
-            replies.setdefault(task.submitter, []).append((task.tid, status, frames))
+            self.reply(task.submitter, (task.tid, status, frames))
         if slots is not None:
             self.workers.changed(identity)
-        for submitter, entries in replies.items():
-            if submitter in self.peers:
-                self.send_batch(submitter, Msg.RESULT, entries)
 
     def on_waiting(self, identity: bytes, f, payload) -> None:
         slots = self.workers.get(identity)
@@ -414,9 +433,7 @@ class Broker:
     def fail(self, btid: int, why: str) -> None:
         task = self.drop(btid)
         self.by_client.pop((task.submitter, task.tid), None)
-        if task.submitter in self.peers:
-            self.send_batch(task.submitter, Msg.RESULT,
-                            [(task.tid, int(Status.LOST), [why.encode()])])
+        self.reply(task.submitter, (task.tid, int(Status.LOST), [why.encode()]))
 
     def shutdown(self, reason: str) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
