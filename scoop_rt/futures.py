@@ -119,8 +119,7 @@ class _Feeder:
         self.window = _window(self.rt)
 
     def _chunks(self, iterables: tuple) -> Iterator:
-        if not self.star and type(iterables[0]) is range:
-            # A range's chunks are ranges: three numbers travel, not a list.
+        if not self.star and serialization.sliceable(iterables[0]):
             whole = iterables[0]
             for start in range(0, len(whole), self.size):
                 yield whole[start:start + self.size]

@@ -220,11 +220,20 @@ def dump_call(fn: Callable, args: Sequence, kwargs: dict) -> list:
             f"{_culprit(fn, args, kwargs)}") from exc
 
 
+def sliceable(items: Any) -> bool:
+    """Whether a map's input is cut into chunks by slicing it, each chunk
+    of its own type: a range (three numbers on the wire) or a numpy array
+    (one buffer, where a list of its items would pickle item by item)."""
+    kind = type(items)
+    return kind is range or (kind.__name__ == "ndarray"
+                             and kind.__module__ == "numpy" and items.ndim > 0)
+
+
 def dump_chunk(fn: Callable, calls: Sequence, star: bool = False) -> list:
     """Frames of a task that calls ``fn(item)`` for each item of ``calls``,
     or ``fn(*call)`` for each with ``star``."""
     try:
-        if type(calls) is not range:
+        if not sliceable(calls):
             calls = list(calls)
         return _note_task_files(dumps((STAR_CHUNK if star else CHUNK, fn,
                                        calls, {})))

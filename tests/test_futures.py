@@ -9,6 +9,8 @@ import itertools
 import json
 import operator
 
+import pytest
+
 from conftest import explain, run_scoop
 
 
@@ -135,6 +137,35 @@ def test_map(tmp_path):
     assert out["started_after_call"] is True
     assert out["timeout"][0] == "TimeoutError"
     assert out["timeout"][1] < 2.0, "map's timeout fired late"
+
+
+NUMPY_MAP = """
+    import numpy as np
+
+    def double(x):
+        return float(x) * 2
+
+    def total(row):
+        return float(row.sum())
+
+    if __name__ == "__main__":
+        out = {}
+        out["items"] = list(futures.map(double, np.arange(1000.0)))
+        out["rows"] = list(futures.map(total, np.arange(3000.0).reshape(300, 10)))
+        out["chunks"] = list(futures.map(double, np.arange(50), chunksize=7))
+        out["empty"] = list(futures.map(double, np.arange(0)))
+        print(json.dumps(out))
+    """
+
+
+def test_map_over_numpy_arrays(tmp_path):
+    """An array is cut into arrays, one per chunk: the same items, in order."""
+    np = pytest.importorskip("numpy")
+    out = report_of(run_scoop(tmp_path, NUMPY_MAP, prelude=True))
+    assert out["items"] == [x * 2 for x in range(1000)]
+    assert out["rows"] == [float(row.sum()) for row in np.arange(3000.0).reshape(300, 10)]
+    assert out["chunks"] == [x * 2 for x in range(50)]
+    assert out["empty"] == []
 
 
 FUTURE_METHODS = """

@@ -144,6 +144,15 @@ def test_a_chunk_of_a_range_travels_as_a_range():
     assert serialization.loads(listed)[2] == list(range(1000))
 
 
+def test_a_chunk_of_a_numpy_array_travels_as_an_array():
+    np = pytest.importorskip("numpy")
+    rows = np.arange(30_000.0).reshape(3000, 10)[100:2100]
+    frames = serialization.dump_chunk(abs, rows)
+    assert sum(len(memoryview(frame)) for frame in frames) < rows.nbytes + 1000
+    calls = serialization.loads(frames)[2]
+    assert type(calls) is np.ndarray and (calls == rows).all()
+
+
 class _SignalledSocket(zmq.Socket):
     """A real socket that gets a signal after it sends a message's first frame."""
 
