@@ -21,7 +21,7 @@ import sys
 import threading
 import traceback
 
-from . import bootstrap, runtime, transport
+from . import bootstrap, runtime
 from .client import Client, log
 from .exits import exit_now
 from .config import ENV_BOOT_FD, Config
@@ -133,8 +133,8 @@ def main() -> None:
     client = OriginClient(boot)
     runtime.current = client
     client.start()
-    signal.signal(signal.SIGINT, transport.after_sends(_on_sigint))
-    signal.signal(signal.SIGTERM, transport.after_sends(_on_sigterm))
+    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     code = run_script(boot["script"], boot.get("argv", []))
     try:
         sys.stdout.flush()

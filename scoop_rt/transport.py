@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any, Callable
 
 import zmq
 from zmq.utils import z85
@@ -92,47 +91,29 @@ _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 
 
-# A stop signal's handler raises in the main thread (Ctrl-C, a scheduler's
-# SIGTERM). While that thread sends a message, the handler waits until the
-# message is whole: a message cut off between two frames would be finished by
-# the next one sent on the socket (the origin's goodbye, say), which the
-# broker would then drop as malformed, both messages lost. A flag does it,
-# not a signal mask: two system calls a message cost the broker more than
-# anything else it does per message.
+# Signals whose handlers raise in the main thread (Ctrl-C, a scheduler's
+# SIGTERM), and that thread.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _MAIN = threading.main_thread().ident
-_sending = False
-_held_signals: list = []
-
-
-def after_sends(handler: Callable) -> Callable:
-    """``handler`` as a signal handler that waits while the main thread is
-    inside ``send_message``, and runs when the message is whole."""
-    def handle(signum: int, frame: Any) -> None:
-        if _sending:
-            _held_signals.append(signum)
-            return
-        handler(signum, frame)
-    return handle
 
 
 def send_message(sock: zmq.Socket, frames: list) -> None:
-    """Send a multipart message without copying large frames; a stop signal
-    waits until it is whole (see ``after_sends``)."""
-    global _sending
+    """Send a multipart message without copying large frames.
+
+    In the main thread, stop signals wait until the message is whole: their
+    handlers raise there, and a message cut off between two frames would be
+    finished by the next one sent on the socket (the origin's goodbye, say),
+    which the broker would then drop as malformed, both messages lost."""
     main = threading.get_ident() == _MAIN
     if main:
-        _sending = True
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         last = len(frames) - 1
         for i, frame in enumerate(frames):
             sock.send(frame, _SNDMORE if i < last else 0, copy=False)
     finally:
         if main:
-            _sending = False
-            if _held_signals:
-                signum = _held_signals[0]
-                _held_signals.clear()
-                signal.raise_signal(signum)  # its handler runs now
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def recv_message(sock: zmq.Socket) -> list | None:

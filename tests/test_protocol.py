@@ -162,7 +162,7 @@ class _SignalledSocket(zmq.Socket):
         result = super().send(data, flags, copy=copy, track=track)
         if flags & zmq.SNDMORE and not self.signalled:
             self.signalled.append(data)
-            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGTERM)
         return result
 
 
@@ -178,7 +178,8 @@ def test_a_stop_signal_waits_until_the_message_is_whole():
 
     ctx = zmq.Context()
     ctx._socket_class = _SignalledSocket
-    previous = signal.signal(signal.SIGUSR1, transport.after_sends(stop))
+    _SignalledSocket.signalled.clear()
+    previous = signal.signal(signal.SIGTERM, stop)
     sender, receiver = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
     try:
         receiver.bind("inproc://whole")
@@ -189,10 +190,10 @@ def test_a_stop_signal_waits_until_the_message_is_whole():
         assert receiver.poll(5000)
         assert receiver.recv_multipart() == [b"one", b"two", b"three"]
         with pytest.raises(Stopped):  # outside a send, the handler runs at once
-            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
     finally:
-        signal.signal(signal.SIGUSR1, previous)
+        signal.signal(signal.SIGTERM, previous)
         sender.close(linger=0)
         receiver.close(linger=0)
         ctx.term()

@@ -462,7 +462,7 @@ def main() -> None:
     from ..bootstrap import setup_logging
     setup_logging(Config.from_dict(boot["config"]), "broker")
     broker = Broker(boot)
-    signal.signal(signal.SIGTERM, transport.after_sends(_on_signal))
+    signal.signal(signal.SIGTERM, _on_signal)
     print(json.dumps({"endpoint": broker.endpoint}), flush=True)
     broker.run()
 
