@@ -30,8 +30,9 @@ STACK_BYTES = 512 * 1024 * 1024
 RECURSION_LIMIT = 100_000
 # A worker whose tasks are short asks for enough tasks ahead to cover
 # PREFETCH_COVER seconds of work (at most Config.prefetch), so it never idles
-# waiting for the broker; it stops asking once a task takes longer than
-# PREFETCH_STOP_ABOVE, so no task waits behind a long one.
+# waiting for the broker; it stops asking once a task has run longer than
+# PREFETCH_STOP_ABOVE (the heartbeat thread says so while the task still
+# runs), so no more tasks go ahead to wait behind a long one.
 PREFETCH_COVER = 0.002
 PREFETCH_STOP_ABOVE = 0.01
 # Longest an outcome waits for the next ones of its batch before it goes.
@@ -54,7 +55,9 @@ class WorkerClient(Client):
         self._handlers[Msg.TASK] = self.on_task
         self.importing = False
         self._prefetch = 0
+        self._prefetch_lock = threading.Lock()
         self._took = 0.0  # recent task durations, smoothed
+        self._running_since: float | None = None  # the running task's start
         self._serving = threading.get_ident()
         self._inbox: deque = deque()  # (tid, flags, frames) handed to this worker
 
@@ -101,7 +104,13 @@ class WorkerClient(Client):
             return False
         tid, flags, frames = self._inbox.popleft()
         started = time.monotonic()
-        status, outcome = self._run(frames)
+        outer, self._running_since = self._running_since, started
+        if self._prefetch:
+            self.heartbeat.wake_by(started + PREFETCH_STOP_ABOVE)
+        try:
+            status, outcome = self._run(frames)
+        finally:
+            self._running_since = outer
         # The last outcome of a batch goes at once, with those before it; so
         # do outcomes that have waited RESULT_WAIT for company.
         self.queue(Msg.RESULT, (tid, int(status), outcome), at_once=not self._inbox)
@@ -122,9 +131,37 @@ class WorkerClient(Client):
         else:
             wanted = min(self.config.prefetch,
                          _power_of_two(PREFETCH_COVER / max(self._took, 1e-6)))
-        if wanted != self._prefetch:
-            self._prefetch = wanted
-            self.send(Msg.CREDIT, wanted)
+        self._ask_ahead(wanted)
+
+    def _ask_ahead(self, wanted: int) -> None:
+        with self._prefetch_lock:
+            if wanted != self._prefetch:
+                self._prefetch = wanted
+                self.send(Msg.CREDIT, wanted)
+
+    def _running_long(self, now: float) -> float | None:
+        """Seconds until the running task counts as long, while this worker
+        still asks for tasks ahead (negative: it does already); else None."""
+        since = self._running_since
+        if since is None or not self._prefetch:
+            return None
+        return since + PREFETCH_STOP_ABOVE - now
+
+    def due_in(self) -> float | None:
+        due = super().due_in()
+        left = self._running_long(time.monotonic())
+        if left is None:
+            return due
+        return left if due is None else min(due, left)
+
+    def send_due(self) -> None:
+        """Also, from the heartbeat thread: a task that has run long
+        withdraws the prefetch that was judged from shorter ones, so the
+        broker sends no more tasks ahead to wait behind it."""
+        super().send_due()
+        left = self._running_long(time.monotonic())
+        if left is not None and left <= 0:
+            self._ask_ahead(0)
 
 
 

@@ -16,7 +16,7 @@ import zmq
 from scoop_rt import __version__, protocol, transport
 from scoop_rt.protocol import Flags, Msg, Status
 
-from conftest import real_broker, role_of
+from conftest import explain, real_broker, role_of, run_scoop
 
 
 def test_prefetch_keeps_results_whole(tmp_path):
@@ -38,6 +38,35 @@ def test_prefetch_keeps_results_whole(tmp_path):
                           env={**os.environ, "SCOOP_RT_PREFETCH": "1"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [i * 3 for i in range(2000)] + [i * 3 for i in range(5000)]
+
+
+BEHIND_A_LONG_TASK = """
+    def nap(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    if __name__ == "__main__":
+        warm_up(2)
+        # Short chunks, enough of them to outweigh warm_up's 50 ms tasks in
+        # each worker's running average: both workers ask for tasks ahead.
+        for _ in range(10):
+            list(futures.map(abs, range(4000)))
+        long = futures.submit(nap, 4)
+        time.sleep(1)  # it runs, and has run long
+        short = list(futures.map(nap, [0.05] * 4, chunksize=1))
+        print(json.dumps({"short": short, "long_done": long.done()}))
+        long.result(timeout=30)
+    """
+
+
+def test_no_chunk_goes_ahead_behind_a_long_task(tmp_path):
+    """A worker whose task has run long withdraws the prefetch it asked for
+    while its tasks were short: a map that comes meanwhile runs on the other
+    worker, instead of leaving a chunk to wait behind the long task."""
+    proc = run_scoop(tmp_path, BEHIND_A_LONG_TASK, prelude=True)
+    assert proc.returncode == 0, explain(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"short": [0.05] * 4, "long_done": False}
 
 
 def _welcomed(ctx, endpoint, keys, identity, role):
@@ -126,15 +155,17 @@ def test_a_short_queue_of_chunks_keeps_one_ahead(credit, sizes):
         assert not _tasks(worker)
 
 
-def test_outcomes_that_arrive_together_leave_together():
-    """Two outcomes read by the broker in one go reach their submitter in
-    one message: every message costs each process on its way a wake-up."""
-    with _worker_and_origin(credit=8) as (worker, origin):
-        _submit(origin, 2, Flags.CHUNK)
-        (batch,) = _tasks(worker)
-        assert len(batch) == 2
+@pytest.mark.parametrize("count, sizes", [(2, [2]), (65, [64, 1])])
+def test_outcomes_that_arrive_together_leave_together(count, sizes):
+    """Outcomes read by the broker in one go reach their submitter in one
+    message (every message costs each process on its way a wake-up), 64 at
+    most, as a client's batches."""
+    with _worker_and_origin(credit=64) as (worker, origin):
+        _submit(origin, count, Flags.CHUNK)
+        batch = [entry for got in _tasks(worker) for entry in got]
+        assert len(batch) == count
         broker, = [p for p in psutil.Process().children() if role_of(p) == "broker"]
-        broker.suspend()  # both outcomes wait in its socket
+        broker.suspend()  # the outcomes wait in its socket
         try:
             for btid, _, _ in batch:
                 worker.send_multipart(protocol.encode_batch(
@@ -143,4 +174,5 @@ def test_outcomes_that_arrive_together_leave_together():
         finally:
             broker.resume()
         outcomes = _tasks(origin, kind=Msg.RESULT)
-        assert [[tid for tid, _, _ in got] for got in outcomes] == [[0, 1]]
+        assert [len(got) for got in outcomes] == sizes
+        assert [tid for got in outcomes for tid, _, _ in got] == list(range(count))

@@ -35,6 +35,10 @@ log = logging.getLogger("scoop_rt")
 
 _BATCH = 2000  # messages read before the next dispatch
 MAX_PREFETCH = 64  # tasks a worker may ask to hold beyond the one it runs
+# Outcomes for one submitter go at once when this many have gathered, or this
+# many bytes of them, as a client's batches do.
+OUTCOMES_MAX = 64
+OUTCOMES_BYTES = 1 << 20
 
 
 class _Stop(Exception):
@@ -88,10 +92,13 @@ class Broker:
         self.by_client: dict[tuple[bytes, int], int] = {}
         self.queue: deque[int] = deque()  # may hold entries of dropped tasks
         self.queued = 0  # live entries in ``queue``
-        self.queued_alone = 0  # those that are not chunks of maps
+        # Those that stay at the broker while the queue is short: all but
+        # the chunks of maps that no worker has lost yet.
+        self.queued_alone = 0
         self.consts: dict[str, list] = {}
         # Outcomes for their submitters, sent once the messages read in one
         # go are handled: results that arrive together leave together.
+        # {submitter: [entries, their payload bytes]}
         self.outcomes: dict[bytes, list] = {}
         self.gone: set[str] = set()  # names of workers that died or never came
         self.stop_reason: str | None = None
@@ -122,7 +129,6 @@ class Broker:
                 self.send_outcomes()
         except _Stop as stop:
             self.stop_reason = str(stop)
-        self.send_outcomes()
         self.shutdown(self.stop_reason or "stopped")
 
     def receive(self, timeout: float) -> None:
@@ -165,19 +171,27 @@ class Broker:
 
     def _send(self, identity: bytes, frames: list) -> None:
         if identity in self.outcomes:  # what a peer is told stays in order
-            self._send_outcomes(identity, self.outcomes.pop(identity))
+            self._send_outcomes(identity)
         transport.send_message(self.sock, [identity, *frames])
 
     def reply(self, submitter: bytes, entry: tuple) -> None:
-        """Queue a task's outcome ``(tid, status, frames)`` for its submitter."""
-        self.outcomes.setdefault(submitter, []).append(entry)
+        """Queue a task's outcome ``(tid, status, frames)`` for its
+        submitter; they go when the messages read in one go are handled, or
+        at once when they come to OUTCOMES_MAX or OUTCOMES_BYTES."""
+        pending = self.outcomes.get(submitter)
+        if pending is None:
+            pending = self.outcomes[submitter] = [[], 0]
+        pending[0].append(entry)
+        pending[1] += sum(len(frame) for frame in entry[2])
+        if len(pending[0]) >= OUTCOMES_MAX or pending[1] >= OUTCOMES_BYTES:
+            self._send_outcomes(submitter)
 
     def send_outcomes(self) -> None:
         while self.outcomes:
-            identity = next(iter(self.outcomes))
-            self._send_outcomes(identity, self.outcomes.pop(identity))
+            self._send_outcomes(next(iter(self.outcomes)))
 
-    def _send_outcomes(self, identity: bytes, entries: list) -> None:
+    def _send_outcomes(self, identity: bytes) -> None:
+        entries, _ = self.outcomes.pop(identity)
         if identity in self.peers:
             transport.send_message(self.sock, [
                 identity, *protocol.encode_batch(Msg.RESULT, entries)])
@@ -362,7 +376,8 @@ class Broker:
         task.queued = queued
         step = 1 if queued else -1
         self.queued += step
-        if not task.flags & Flags.CHUNK:
+        if task.attempts or not task.flags & Flags.CHUNK:
+            # (a retried chunk goes alone into a slot of its own, not ahead)
             self.queued_alone += step
 
     def watch(self) -> None:
@@ -437,6 +452,7 @@ class Broker:
 
     def shutdown(self, reason: str) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
+        self.send_outcomes()  # those of the last messages read
         log.info("stopping: %s", reason)
         for peer in self.peers.values():
             self.send(peer.identity, Msg.SHUTDOWN, reason)

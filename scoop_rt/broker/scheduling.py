@@ -11,12 +11,15 @@ costs the same with 2 workers or 1,000.
 How many tasks may go ahead depends on the queue (``Slots.ahead_now``):
 
 - a deep queue: as many as each worker asked for;
-- a short queue of nothing but chunks of maps: one per worker, so that a
-  worker starts its next chunk the moment it ends one, not a round trip to
-  the broker later; nobody cancels a chunk alone, and a map cuts its input
-  into a few chunks per worker, so one chunk ahead cannot upset the balance
-  by more than one chunk, even when a worker's prefetch was judged from
-  shorter tasks before;
+- a short queue of nothing but first tries of chunks of maps: one per
+  worker, so that a worker starts its next chunk the moment it ends one, not
+  a round trip to the broker later. Nobody cancels a chunk alone (a map that
+  stops early cancels its chunks, but one already ahead at a worker runs
+  anyway). One chunk ahead may wait behind a long one when a worker's
+  prefetch was judged from shorter tasks before; a worker whose task has run
+  past 10 ms withdraws its prefetch while the task still runs, so no chunk
+  that comes later goes ahead behind it. A chunk that lost its worker goes
+  alone into a slot of its own, like any retried task;
 - any other short queue: none. A task sent ahead can no longer be cancelled
   (as with ProcessPoolExecutor's call queue), so a task queued behind busy
   workers stays at the broker, where ``cancel()`` can still take it back;
@@ -82,7 +85,8 @@ class Slots:
 
     def ahead_now(self, queued: int, queued_alone: int) -> int:
         """The bound on tasks ahead for a queue of ``queued`` tasks, of which
-        ``queued_alone`` are not chunks of maps (see the module's text)."""
+        ``queued_alone`` are not first tries of chunks of maps (see the
+        module's text)."""
         if queued >= self.deep_queue():
             return self.ALL
         return 0 if queued_alone else 1
