@@ -371,8 +371,11 @@ class Client:
             return
         for msg_type, batch in self._batches.items():
             if batch:
-                transport.send_message(self.tx, protocol.encode_batch(msg_type, batch))
+                # Taken out first: a stop signal raises as the message ends,
+                # and what was sent must not go again at the next flush.
+                entries = batch[:]
                 batch.clear()
+                transport.send_message(self.tx, protocol.encode_batch(msg_type, entries))
         self._batch_bytes = 0
         self._batch_since = None
 
