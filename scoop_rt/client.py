@@ -173,6 +173,7 @@ class Heartbeat(threading.Thread):
             pass
 
     def run(self) -> None:
+        transport.block_stop_signals()
         c = self.client
         interval = c.config.heartbeat_interval
         sock = transport.connect_heartbeat(c.ctx, c.endpoint, c.keys, c.identity)

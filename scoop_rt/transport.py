@@ -56,6 +56,7 @@ class _OnlyRunClients(threading.Thread):
         self._sock.bind(ZAP_ENDPOINT)
 
     def run(self) -> None:
+        block_stop_signals()
         try:
             while True:
                 self._sock.send_multipart(self.answer(self._sock.recv_multipart()))
@@ -97,13 +98,22 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _MAIN = threading.main_thread().ident
 
 
+def block_stop_signals() -> None:
+    """Call first in a thread of the runtime's own: stop signals sent to the
+    process then reach the main thread, where ``send_message`` can hold them
+    (a signal a thread takes in runs its Python handler in the main thread
+    at once, whatever that thread blocks)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
 def send_message(sock: zmq.Socket, frames: list) -> None:
     """Send a multipart message without copying large frames.
 
     In the main thread, stop signals wait until the message is whole: their
     handlers raise there, and a message cut off between two frames would be
     finished by the next one sent on the socket (the origin's goodbye, say),
-    which the broker would then drop as malformed, both messages lost."""
+    which the broker would then drop as malformed, both messages lost. The
+    runtime's other threads block them (``block_stop_signals``)."""
     main = threading.get_ident() == _MAIN
     if main:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)

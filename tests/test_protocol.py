@@ -1,7 +1,7 @@
 """The wire format, the scheduling policy, and a message sent whole."""
 
-import os
 import signal
+import threading
 import time
 
 import pytest
@@ -162,7 +162,7 @@ class _SignalledSocket(zmq.Socket):
         result = super().send(data, flags, copy=copy, track=track)
         if flags & zmq.SNDMORE and not self.signalled:
             self.signalled.append(data)
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
         return result
 
 
@@ -190,7 +190,7 @@ def test_a_stop_signal_waits_until_the_message_is_whole():
         assert receiver.poll(5000)
         assert receiver.recv_multipart() == [b"one", b"two", b"three"]
         with pytest.raises(Stopped):  # outside a send, the handler runs at once
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
             time.sleep(5)
     finally:
         signal.signal(signal.SIGTERM, previous)
