@@ -173,7 +173,6 @@ class Heartbeat(threading.Thread):
             pass
 
     def run(self) -> None:
-        transport.block_stop_signals()
         c = self.client
         interval = c.config.heartbeat_interval
         sock = transport.connect_heartbeat(c.ctx, c.endpoint, c.keys, c.identity)
@@ -307,7 +306,8 @@ class Client:
         self.sock.send_multipart(protocol.encode(
             Msg.HELLO, self.role.value, self.name, self.host, os.getpid(),
             _version(), "%d.%d" % sys.version_info[:2]))
-        self.heartbeat.start()
+        with transport.stop_signals_held():  # the thread keeps them blocked
+            self.heartbeat.start()
         self.block_until(lambda: self.welcomed, None)
 
     def close(self) -> None:
@@ -370,15 +370,15 @@ class Client:
     def _flush_locked(self) -> None:
         if self._batch_since is None:
             return
-        for msg_type, batch in self._batches.items():
-            if batch:
-                # Taken out first: a stop signal raises as the message ends,
-                # and what was sent must not go again at the next flush.
-                entries = batch[:]
-                batch.clear()
-                transport.send_message(self.tx, protocol.encode_batch(msg_type, entries))
-        self._batch_bytes = 0
-        self._batch_since = None
+        # Stop signals wait until every batch has gone and is forgotten: one
+        # raised in between would lose a batch, or send it again next time.
+        with transport.stop_signals_held():
+            for msg_type, batch in self._batches.items():
+                if batch:
+                    transport.send_message(self.tx, protocol.encode_batch(msg_type, batch))
+                    batch.clear()
+            self._batch_bytes = 0
+            self._batch_since = None
 
     def due_in(self) -> float | None:
         """Seconds until something waiting must be sent, or None."""

@@ -9,8 +9,10 @@ anything. The keys are made fresh for each run by ``make_keys``.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from typing import Iterator
 
 import zmq
 from zmq.utils import z85
@@ -56,7 +58,6 @@ class _OnlyRunClients(threading.Thread):
         self._sock.bind(ZAP_ENDPOINT)
 
     def run(self) -> None:
-        block_stop_signals()
         try:
             while True:
                 self._sock.send_multipart(self.answer(self._sock.recv_multipart()))
@@ -98,32 +99,36 @@ _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _MAIN = threading.main_thread().ident
 
 
-def block_stop_signals() -> None:
-    """Call first in a thread of the runtime's own: stop signals sent to the
-    process then reach the main thread, where ``send_message`` can hold them
-    (a signal a thread takes in runs its Python handler in the main thread
-    at once, whatever that thread blocks)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Stop signals wait, in this thread, until the block ends. A thread
+    started inside keeps them blocked for good: the runtime starts its own
+    threads so, and a stop signal sent to the process then reaches the main
+    thread, where this holds it. (A signal that another thread takes, one of
+    the script's, runs its Python handler in the main thread at once, held
+    or not: there a message can still be cut between two frames.)"""
+    if threading.get_ident() != _MAIN:
+        yield  # handlers run in the main thread only
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def send_message(sock: zmq.Socket, frames: list) -> None:
     """Send a multipart message without copying large frames.
 
-    In the main thread, stop signals wait until the message is whole: their
-    handlers raise there, and a message cut off between two frames would be
-    finished by the next one sent on the socket (the origin's goodbye, say),
-    which the broker would then drop as malformed, both messages lost. The
-    runtime's other threads block them (``block_stop_signals``)."""
-    main = threading.get_ident() == _MAIN
-    if main:
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
+    Stop signals wait until the message is whole (``stop_signals_held``):
+    their handlers raise in the main thread, and a message cut off between
+    two frames would be finished by the next one sent on the socket (the
+    origin's goodbye, say), which the broker would then drop as malformed,
+    both messages lost."""
+    with stop_signals_held():
         last = len(frames) - 1
         for i, frame in enumerate(frames):
             sock.send(frame, _SNDMORE if i < last else 0, copy=False)
-    finally:
-        if main:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def recv_message(sock: zmq.Socket) -> list | None:
@@ -171,7 +176,8 @@ def bind_router(ctx: zmq.Context, host: str, keys: dict | None,
     auth = None
     if keys:
         auth = _OnlyRunClients(ctx, keys["client_public"])
-        auth.start()
+        with stop_signals_held():  # the thread keeps them blocked
+            auth.start()
         sock.curve_server = True
         sock.curve_publickey = keys["server_public"].encode()
         sock.curve_secretkey = keys["server_secret"].encode()

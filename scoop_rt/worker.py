@@ -58,6 +58,7 @@ class WorkerClient(Client):
         self._prefetch_lock = threading.Lock()
         self._took = 0.0  # recent task durations, smoothed
         self._running_since: float | None = None  # the running task's start
+        self._waits: list = []  # _running_since of each wait under way
         self._serving = threading.get_ident()
         self._inbox: deque = deque()  # (tid, flags, frames) handed to this worker
 
@@ -89,6 +90,14 @@ class WorkerClient(Client):
         # (send() sends the outcomes and children waiting to go first).
         if self._depth:
             self.send(Msg.WAITING if starts else Msg.RESUMED)
+        if threading.get_ident() == self._serving:
+            # Waiting is not running: a task that waits on its children does
+            # not count as long (the tasks that run meanwhile count alone).
+            if starts:
+                self._waits.append(self._running_since)
+                self._running_since = None
+            elif self._waits.pop() is not None:
+                self._running_since = time.monotonic()
 
     def on_task(self, msg) -> None:
         self._inbox.extend(protocol.split_batch(msg))

@@ -127,6 +127,7 @@ class Broker:
                 self.dispatch()
                 self.watch()
                 self.send_outcomes()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
         except _Stop as stop:
             self.stop_reason = str(stop)
         self.shutdown(self.stop_reason or "stopped")
@@ -468,6 +469,7 @@ class Broker:
 
 
 def _on_signal(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the broker stops
     raise _Stop(f"stopped by signal {signal.Signals(signum).name}")
 
 
