@@ -82,6 +82,14 @@ def _known_length(iterables: tuple) -> int | None:
     return None if not lengths or min(lengths) < 0 else min(lengths)
 
 
+def _iterate(items: Any) -> Iterator:
+    try:
+        return iter(items)
+    except TypeError:
+        raise TypeError(f"map() spreads iterables over the workers; "
+                        f"{type(items).__name__} {items!r:.40} is not iterable") from None
+
+
 def _window(rt: Any) -> int:
     per_worker = getattr(getattr(rt, "config", None), "map_window_per_worker",
                          _DEFAULTS.map_window_per_worker)
@@ -115,16 +123,18 @@ class _Feeder:
         # One iterable: its items travel as they are, and run as fn(item);
         # several: tuples of one item of each, run as fn(*call).
         self.star = len(iterables) != 1
-        self.chunks = self._chunks(iterables)
+        if not self.star and serialization.sliceable(iterables[0]):
+            self.chunks = self._slices(iterables[0])
+        else:
+            iterators = [_iterate(it) for it in iterables]
+            self.chunks = self._lists(zip(*iterators) if self.star else iterators[0])
         self.window = _window(self.rt)
 
-    def _chunks(self, iterables: tuple) -> Iterator:
-        if not self.star and serialization.sliceable(iterables[0]):
-            whole = iterables[0]
-            for start in range(0, len(whole), self.size):
-                yield whole[start:start + self.size]
-            return
-        calls = zip(*iterables) if self.star else iter(iterables[0])
+    def _slices(self, whole: Any) -> Iterator:
+        for start in range(0, len(whole), self.size):
+            yield whole[start:start + self.size]
+
+    def _lists(self, calls: Iterator) -> Iterator:
         while True:
             chunk = list(itertools.islice(calls, self.size))
             if not chunk:

@@ -76,6 +76,10 @@ MAP_CALLABLES = """
         out["method"] = list(futures.map(Multiplier(7).apply, xs))
         out["builtin"] = list(futures.map(abs, [-1, -2, 3]))
         out["empty"] = list(futures.map(square, []))
+        try:
+            futures.map(square, range(3), 42)
+        except TypeError as exc:
+            out["not_iterable"] = str(exc)
         out["many"] = list(futures.map(square, range(1000)))
         # A range travels as ranges, one per chunk: any step, any size.
         out["ranges"] = [list(futures.map(square, r)) for r in (
@@ -127,6 +131,8 @@ def test_map(tmp_path):
     assert out["method"] == [7 + x for x in xs]
     assert out["builtin"] == [1, 2, 3]
     assert out["empty"] == []
+    assert out["not_iterable"] == ("map() spreads iterables over the workers; "
+                                   "int 42 is not iterable")
     assert out["many"] == [x * x for x in range(1000)]
     assert out["ranges"] == [[x * x for x in r] for r in (
         range(5, 1000, 7), range(1000, 0, -3), range(3, 3))]
