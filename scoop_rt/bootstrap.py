@@ -17,7 +17,8 @@ import types
 from collections import namedtuple
 
 from . import shm
-from .config import ENV_ROLE, Config
+from .config import Config
+from .envnames import ROLE as ENV_ROLE
 
 BrokerInfo = namedtuple("BrokerInfo", "endpoint host")
 

@@ -11,9 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from .envnames import BOOT_FD as ENV_BOOT_FD
 from .envnames import PREFIX as ENV_PREFIX
-from .envnames import ROLE as ENV_ROLE
 
 
 @dataclass
@@ -98,6 +96,3 @@ def from_environment(environ: "os._Environ | dict | None" = None) -> Config:
                 f"environment variable {name}={environ[name]!r} is not a "
                 f"valid {_KIND_NAMES[kind]}") from None
     return config
-
-
-__all__ = ["Config", "from_environment", "ENV_PREFIX", "ENV_ROLE", "ENV_BOOT_FD"]

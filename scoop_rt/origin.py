@@ -23,8 +23,9 @@ import traceback
 
 from . import bootstrap, runtime
 from .client import Client, log
-from .exits import exit_now
-from .config import ENV_BOOT_FD, Config
+from .exits import exit_code, exit_now
+from .config import Config
+from .envnames import BOOT_FD as ENV_BOOT_FD
 from .protocol import Msg, Role
 
 # Tasks the origin runs itself, one inside another, at most (each takes
@@ -83,7 +84,7 @@ def run_script(path: str, argv: list) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         exec(code, module.__dict__)
     except SystemExit as exc:
-        return _exit_code(exc.code)
+        return exit_code(exc.code)
     except KeyboardInterrupt:
         print("scoop_rt: interrupted (Ctrl-C); stopping the run", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -112,15 +113,6 @@ def _on_sigterm(signum, frame) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     print("scoop_rt: terminated (SIGTERM); stopping the run", file=sys.stderr)
     raise SystemExit(EXIT_TERMINATED)
-
-
-def _exit_code(code: object) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
 
 
 def main() -> None:

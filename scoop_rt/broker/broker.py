@@ -194,8 +194,7 @@ class Broker:
     def _send_outcomes(self, identity: bytes) -> None:
         entries, _ = self.outcomes.pop(identity)
         if identity in self.peers:
-            transport.send_message(self.sock, [
-                identity, *protocol.encode_batch(Msg.RESULT, entries)])
+            self.send_batch(identity, Msg.RESULT, entries)
 
     # -- handlers -------------------------------------------------------------
 
@@ -452,8 +451,8 @@ class Broker:
         self.reply(task.submitter, (task.tid, int(Status.LOST), [why.encode()]))
 
     def shutdown(self, reason: str) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already
-        self.send_outcomes()  # those of the last messages read
+        # SIGTERM is ignored by now (run() and _on_signal), and each peer's
+        # pending outcomes go before its SHUTDOWN (_send).
         log.info("stopping: %s", reason)
         for peer in self.peers.values():
             self.send(peer.identity, Msg.SHUTDOWN, reason)

@@ -26,7 +26,7 @@ import traceback
 from typing import Sequence
 
 from ..envnames import ROLE as ENV_ROLE
-from ..exits import exit_now
+from ..exits import exit_code, exit_now, flush_stdio
 from . import prestart
 
 
@@ -117,7 +117,7 @@ class Child:
             left = end - time.monotonic()
             if left <= 0:
                 raise subprocess.TimeoutExpired(self.args, timeout)
-            _sleep_on(self.pid, min(left, 0.05))
+            _sleep_on(self.pid, left)
         return self.returncode
 
     def _reap(self, flags: int) -> int | None:
@@ -161,11 +161,7 @@ class Forked(Child):
         child_in, parent_in = os.pipe()
         parent_out, child_out = os.pipe()
         parent_err, child_err = os.pipe() if stderr else (None, None)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()  # or the child would write it again
-            except (AttributeError, OSError, ValueError):
-                pass
+        flush_stdio()  # or the child would write it again
         try:
             pid = os.fork()
         except OSError:
@@ -216,9 +212,7 @@ def _become(main, module: str, env: dict, stdin: int, stdout: int,
         main()
         code = 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        if not isinstance(exc.code, (int, type(None))):
-            print(exc.code, file=sys.stderr)
+        code = exit_code(exc.code)
     except BaseException:  # what an interpreter would print before it exits
         traceback.print_exc()
     finally:
