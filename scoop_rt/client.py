@@ -15,6 +15,7 @@ process outlives its run.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import itertools
 import logging
 import math
@@ -23,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import zmq
 
@@ -270,6 +271,7 @@ class Client:
         self._batch_bytes = 0
         self._batch_since: float | None = None
         self._last_submit = 0.0
+        self._together = threading.local()  # .on inside together()
         self.active_at = 0.0  # when this process last held or batched a task
         # A task held back by this process, not sent yet (see may_hold).
         self._held: Held | None = None
@@ -400,6 +402,19 @@ class Client:
         if since is not None and time.monotonic() - since >= BATCH_DELAY:
             self.flush()
 
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """The tasks this thread submits inside leave in one message at the
+        end (a map's chunks: the broker then sees the whole map at once and
+        gives each worker its share in one go), none held back or sent alone."""
+        self.send_held()
+        self._together.on = True
+        try:
+            yield
+        finally:
+            self._together.on = False
+            self.flush()
+
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
                     flags: Flags = Flags.NONE) -> Future:
         frames = serialization.dump_call(fn, args, kwargs)
@@ -416,7 +431,7 @@ class Client:
     def _submit(self, frames: list, label: str, chunk: bool,
                 flags: Flags) -> Future:
         future = self._new_future(label, chunk)
-        if not self.may_hold(chunk):
+        if getattr(self._together, "on", False) or not self.may_hold(chunk):
             self.send_submit(future._tid, flags, frames)
             return future
         now = self.active_at = time.monotonic()
@@ -495,8 +510,9 @@ class Client:
         now = time.monotonic()
         # Alone: no more of ours in flight than there are workers (so that
         # each can start on one at once), or no submit came lately.
-        quiet = (len(self._futures) <= max(1, self.size)
-                 or now - self._last_submit > SUBMIT_GAP)
+        quiet = ((len(self._futures) <= max(1, self.size)
+                  or now - self._last_submit > SUBMIT_GAP)
+                 and not getattr(self._together, "on", False))
         self._last_submit = now
         self.queue(Msg.SUBMIT, (tid, int(flags), frames), at_once=quiet)
 

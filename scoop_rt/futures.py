@@ -9,6 +9,7 @@ endless iterable is read lazily and results come back in order.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import itertools
 import math
@@ -142,17 +143,17 @@ class _Feeder:
             yield chunk
 
     def fill(self, inflight: Any, add: Callable) -> None:
-        """Submit chunks until ``inflight`` holds a window's worth."""
-        while len(inflight) < self.window:
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                return
-            future = self.rt.submit_chunk(self.fn, chunk, self.star)
-            serialization.claim_task_files(future)
-            if self.adaptive:
-                future.add_done_callback(functools.partial(
-                    self._adapt, time.monotonic(), len(chunk)))
-            add(future)
+        """Submit chunks until ``inflight`` holds a window's worth; several
+        leave together, and a map of one chunk may run here (see Client)."""
+        chunks = list(itertools.islice(self.chunks, max(0, self.window - len(inflight))))
+        with self.rt.together() if len(chunks) > 1 else contextlib.nullcontext():
+            for chunk in chunks:
+                future = self.rt.submit_chunk(self.fn, chunk, self.star)
+                serialization.claim_task_files(future)
+                if self.adaptive:
+                    future.add_done_callback(functools.partial(
+                        self._adapt, time.monotonic(), len(chunk)))
+                add(future)
 
     def _adapt(self, started: float, calls: int, future: cf.Future) -> None:
         if calls < self.size:

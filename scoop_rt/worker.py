@@ -22,7 +22,7 @@ from . import bootstrap, protocol, runtime, serialization
 from .config import Config
 from .client import Client, log
 from .exits import exit_now
-from .protocol import Msg, Role
+from .protocol import Flags, Msg, Role
 
 # Nested tasks run on the stack of the tasks that wait under them: give the
 # serving thread a deep stack and Python a matching recursion limit.
@@ -121,11 +121,12 @@ class WorkerClient(Client):
         finally:
             self._running_since = outer
         # The last outcome of a batch goes at once, with those before it; so
-        # do outcomes that have waited RESULT_WAIT for company.
-        self.queue(Msg.RESULT, (tid, int(status), outcome), at_once=not self._inbox)
+        # do a map's chunk (its values are awaited in order, and are many)
+        # and outcomes that have waited RESULT_WAIT for company.
+        at_once = not self._inbox or flags & Flags.CHUNK
+        self.queue(Msg.RESULT, (tid, int(status), outcome), at_once=at_once)
         since = self._batch_since
-        if since is not None and (not self._inbox
-                                  or time.monotonic() - since >= RESULT_WAIT):
+        if since is not None and (at_once or time.monotonic() - since >= RESULT_WAIT):
             self.flush()
         self._tune_prefetch(time.monotonic() - started)
         return True

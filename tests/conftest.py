@@ -314,15 +314,15 @@ def _suspects(before: set, token: str) -> list:
 
 
 @contextlib.contextmanager
-def real_broker(config=None):
+def real_broker(config=None, size=1):
     """A broker process on its own, bootstrapped as the launcher does for a
-    run of one worker over TCP; yields (its endpoint, the run's keys), and
-    stops it at the end."""
+    run of ``size`` workers over TCP; yields (its endpoint, the run's keys),
+    and stops it at the end."""
     from scoop_rt import __version__, transport
     from scoop_rt.config import Config
     keys = transport.make_keys()
     boot = {"config": (config or Config()).to_dict(), "keys": keys,
-            "version": __version__, "size": 1, "bind": "127.0.0.1"}
+            "version": __version__, "size": size, "bind": "127.0.0.1"}
     broker = subprocess.Popen([sys.executable, "-m", "scoop_rt.broker"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL)

@@ -92,19 +92,20 @@ def _tasks(sock, settle=0.3, kind=Msg.TASK):
 
 
 @contextlib.contextmanager
-def _worker_and_origin(credit):
-    """A real broker, and fake clients: a worker that asked for ``credit``
-    tasks ahead (its last tasks were short), and an origin."""
+def _workers_and_origin(credit, workers=1):
+    """A real broker, and fake clients: ``workers`` workers that each asked
+    for ``credit`` tasks ahead (their last tasks were short), and an origin."""
     ctx = zmq.Context()
     socks = []
     try:
-        with real_broker() as (endpoint, keys):
-            worker = _welcomed(ctx, endpoint, keys, b"w0", "worker")
+        with real_broker(size=workers) as (endpoint, keys):
+            for i in range(workers):
+                socks.append(_welcomed(ctx, endpoint, keys, b"w%d" % i, "worker"))
+                socks[-1].send_multipart(protocol.encode(Msg.CREDIT, credit))
             origin = _welcomed(ctx, endpoint, keys, b"origin", "origin")
-            socks += [worker, origin]
-            worker.send_multipart(protocol.encode(Msg.CREDIT, credit))
-            time.sleep(0.2)  # the credit is in before any task
-            yield worker, origin
+            socks.append(origin)
+            time.sleep(0.2)  # the credits are in before any task
+            yield socks[:workers], origin, (endpoint, keys)
     finally:
         for sock in socks:
             sock.close(linger=0)
@@ -129,7 +130,7 @@ def test_a_short_queue_goes_one_task_at_a_time():
     staying at the broker, where cancel() can still take them back, and from
     where they go to whichever worker is free first: taken ahead, long tasks
     would pile up on one worker."""
-    with _worker_and_origin(credit=8) as (worker, origin):
+    with _workers_and_origin(credit=8) as ([worker], origin, _):
         _submit(origin, 3, Flags.NONE)
         for _ in range(3):
             batches = _tasks(worker)
@@ -145,7 +146,7 @@ def test_a_short_queue_of_chunks_keeps_one_ahead(credit, sizes):
     starts the next the moment it ends one; never more than one, so a map's
     long chunks cannot pile up on it. A worker that asked for none gets them
     one at a time."""
-    with _worker_and_origin(credit) as (worker, origin):
+    with _workers_and_origin(credit) as ([worker], origin, _):
         _submit(origin, 4, Flags.CHUNK)
         held = []
         for size in sizes:
@@ -160,7 +161,7 @@ def test_outcomes_that_arrive_together_leave_together():
     messages (every message costs each process on its way a wake-up), 64
     outcomes at most in one, as a client's batches."""
     count = 65  # all the tasks a worker may hold: one and MAX_PREFETCH ahead
-    with _worker_and_origin(credit=64) as (worker, origin):
+    with _workers_and_origin(credit=64) as ([worker], origin, _):
         _submit(origin, count, Flags.CHUNK)
         batch = [entry for got in _tasks(worker) for entry in got]
         assert len(batch) == count
@@ -177,3 +178,80 @@ def test_outcomes_that_arrive_together_leave_together():
         assert [tid for got in outcomes for tid, _, _ in got] == list(range(count))
         assert max(len(got) for got in outcomes) <= 64
         assert len(outcomes) < count // 4, [len(got) for got in outcomes]
+
+
+def test_a_map_is_split_evenly_in_one_message_each():
+    """Eight chunks, two workers that asked for tasks ahead: each gets four,
+    in one message. (The queue was deep when they came; handing the first
+    worker its share does not make it look short to the second.)"""
+    with _workers_and_origin(credit=8, workers=2) as (workers, origin, _):
+        _submit(origin, 8, Flags.CHUNK)
+        got = [[len(batch) for batch in _tasks(worker)] for worker in workers]
+        assert got == [[4], [4]]
+
+
+def test_a_maps_chunks_leave_the_origin_together():
+    """A real origin's map of eight chunks reaches the broker as one
+    message, so two workers each get their four at once; a first chunk sent
+    alone would leave the broker a short queue to hand out one by one."""
+    from scoop_rt import futures, runtime
+    from scoop_rt.config import Config
+    from scoop_rt.origin import OriginClient
+
+    with _workers_and_origin(credit=8, workers=2) as (workers, fake_origin, (endpoint, keys)):
+        client = OriginClient({"config": Config().to_dict(), "endpoint": endpoint,
+                               "keys": transport.client_keys(keys), "name": "origin",
+                               "size": 2, "local": True})
+        try:
+            client.start()
+            runtime.current = client
+            futures.map(abs, range(8000))  # work starts at the call
+            got = [[len(batch) for batch in _tasks(worker)] for worker in workers]
+        finally:
+            runtime.current = None
+            client.close()
+        assert got == [[4], [4]]
+
+
+def test_each_chunk_outcome_leaves_the_worker_at_once():
+    """A real worker given a batch of a map's chunks sends each chunk's
+    values as soon as it has them, not gathered with the next ones: the
+    origin takes a map's values in order, and can start on the first."""
+    from scoop_rt import serialization
+
+    keys = transport.make_keys()
+    ctx = zmq.Context()
+    listener = transport.bind_router(ctx, "127.0.0.1", keys)
+    boot = {"config": {}, "endpoint": listener.endpoint, "size": 1, "name": "w0",
+            "keys": transport.client_keys(keys)}
+    worker = subprocess.Popen([sys.executable, "-m", "scoop_rt.worker"],
+                              stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        worker.communicate(json.dumps(boot).encode(), timeout=0.001)
+    except subprocess.TimeoutExpired:
+        pass  # it runs, with its boot read
+    sock = listener.sock
+    try:
+        assert sock.poll(30_000), "the worker never said HELLO"
+        identity, *frames = sock.recv_multipart()
+        assert protocol.decode(frames).type == Msg.HELLO
+        sock.send_multipart([identity, *protocol.encode(Msg.WELCOME, 1)])
+        # Chunks of a fraction of a millisecond each: less than a worker
+        # waits to gather outcomes that are not a map's.
+        chunk = serialization.dump_chunk(time.sleep, [0.0002])
+        sock.send_multipart([identity, *protocol.encode_batch(
+            Msg.TASK, [(btid, int(Flags.CHUNK), chunk) for btid in range(8)])])
+        sizes = []
+        deadline = time.monotonic() + 30
+        while sum(sizes) < 8 and time.monotonic() < deadline:
+            if sock.poll(1000):
+                _, *frames = sock.recv_multipart()
+                msg = protocol.decode(frames)
+                if msg.type == Msg.RESULT:
+                    sizes.append(len(protocol.split_batch(msg)))
+        assert sizes == [1] * 8
+    finally:
+        worker.kill()
+        worker.wait(timeout=30)
+        listener.close(0)
+        ctx.term()

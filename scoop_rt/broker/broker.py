@@ -310,13 +310,17 @@ class Broker:
         """Hand queued tasks to workers with free slots, several to a worker
         in one message when the queue is deep (see scheduling.Slots)."""
         workers = self.workers
+        # Bounds from the queue as it stands before any is handed out: the
+        # first worker's share does not make the queue look short to the
+        # next, so a map's chunks are split evenly.
+        workers.ahead = workers.ahead_now(self.queued, self.queued_alone)
+        even_share = workers.share(self.queued)
         while self.queue:
-            workers.ahead = workers.ahead_now(self.queued, self.queued_alone)
             wid = workers.take()
             if wid is None:
                 return
             slots = workers.get(wid)
-            share = min(workers.free(slots), workers.share(self.queued))
+            share = min(workers.free(slots), even_share)
             entries = []
             stalled = False
             while len(entries) < share:
