@@ -4,6 +4,7 @@ broker sends ahead, and what it keeps."""
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -196,7 +197,14 @@ def test_a_maps_chunks_leave_the_origin_together():
     alone would leave the broker a short queue to hand out one by one."""
     from scoop_rt import futures, runtime
     from scoop_rt.config import Config
-    from scoop_rt.origin import OriginClient
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    try:
+        # Importing the origin's module blocks Ctrl-C, as an origin must
+        # until its script runs; the processes this one starts later would
+        # inherit that.
+        from scoop_rt.origin import OriginClient
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     with _workers_and_origin(credit=8, workers=2) as (workers, fake_origin, (endpoint, keys)):
         client = OriginClient({"config": Config().to_dict(), "endpoint": endpoint,
