@@ -120,6 +120,9 @@ class WorkerClient(Client):
             status, outcome = self._run(frames)
         finally:
             self._running_since = outer
+        # A new prefetch is told first: the outcome follows right behind it,
+        # and the two cost one wake-up of the socket's thread, not two.
+        self._tune_prefetch(time.monotonic() - started)
         # The last outcome of a batch goes at once, with those before it; so
         # do a map's chunk (its values are awaited in order, and are many)
         # and outcomes that have waited RESULT_WAIT for company.
@@ -128,7 +131,6 @@ class WorkerClient(Client):
         since = self._batch_since
         if since is not None and (at_once or time.monotonic() - since >= RESULT_WAIT):
             self.flush()
-        self._tune_prefetch(time.monotonic() - started)
         return True
 
     def _tune_prefetch(self, took: float) -> None:
@@ -141,6 +143,9 @@ class WorkerClient(Client):
         else:
             wanted = min(self.config.prefetch,
                          _power_of_two(PREFETCH_COVER / max(self._took, 1e-6)))
+        asked = self._prefetch
+        if wanted and asked and max(wanted, asked) < 4 * min(wanted, asked):
+            return  # twice or half as many ahead is not worth a message
         self._ask_ahead(wanted)
 
     def _ask_ahead(self, wanted: int) -> None:
