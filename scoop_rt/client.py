@@ -15,7 +15,6 @@ process outlives its run.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import itertools
 import logging
 import math
@@ -24,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import zmq
 
@@ -281,7 +280,6 @@ class Client:
         self._batch_bytes = 0
         self._batch_since: float | None = None
         self._last_submit = 0.0
-        self._together = threading.local()  # .on inside together()
         self.active_at = 0.0  # when this process last held or batched a task
         # A task held back by this process, not sent yet (see may_hold).
         self._held: Held | None = None
@@ -413,19 +411,6 @@ class Client:
         if since is not None and time.monotonic() - since >= BATCH_DELAY:
             self.flush()
 
-    @contextlib.contextmanager
-    def together(self) -> Iterator[None]:
-        """The tasks this thread submits inside leave in one message at the
-        end (a map's chunks: the broker then sees the whole map at once and
-        gives each worker its share in one go), none held back or sent alone."""
-        self.send_held()
-        self._together.on = True
-        try:
-            yield
-        finally:
-            self._together.on = False
-            self.flush()
-
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
                     flags: Flags = Flags.NONE) -> Future:
         frames = serialization.dump_call(fn, args, kwargs)
@@ -439,10 +424,37 @@ class Client:
         frames = serialization.dump_chunk(fn, calls, star)
         return self._submit(frames, serialization.describe(fn), True, Flags.CHUNK)
 
+    def submit_chunks(self, fn: Callable, chunks: Sequence,
+                      star: bool = False) -> list:
+        """Futures for several chunks of one map (see ``submit_chunk``), sent
+        in one message, none held back: the broker sees the whole map at once
+        and gives each worker its share in one go. Each future owns its
+        chunk's shared memory files (``serialization.claim_task_files``).
+
+        If a chunk cannot be pickled, those before it are sent all the same
+        (they run, as they would have one by one) and the error is raised."""
+        label = serialization.describe(fn)
+        futures: list = []
+        entries: list = []
+        try:
+            for calls in chunks:
+                frames = serialization.dump_chunk(fn, calls, star)
+                future = self._new_future(label, True)
+                futures.append(serialization.claim_task_files(future))
+                entries.append((future._tid, int(Flags.CHUNK), frames))
+        finally:
+            if entries:
+                self.send_held()  # a task held before them goes first
+                with self._send_lock, transport.stop_signals_held():
+                    self._flush_locked()
+                    transport.send_message(self.tx, protocol.encode_batch(Msg.SUBMIT, entries))
+                self._last_submit = time.monotonic()
+        return futures
+
     def _submit(self, frames: list, label: str, chunk: bool,
                 flags: Flags) -> Future:
         future = self._new_future(label, chunk)
-        if getattr(self._together, "on", False) or not self.may_hold(chunk):
+        if not self.may_hold(chunk):
             self.send_submit(future._tid, flags, frames)
             return future
         now = self.active_at = time.monotonic()
@@ -521,9 +533,8 @@ class Client:
         now = time.monotonic()
         # Alone: no more of ours in flight than there are workers (so that
         # each can start on one at once), or no submit came lately.
-        quiet = ((len(self._futures) <= max(1, self.size)
-                  or now - self._last_submit > SUBMIT_GAP)
-                 and not getattr(self._together, "on", False))
+        quiet = (len(self._futures) <= max(1, self.size)
+                 or now - self._last_submit > SUBMIT_GAP)
         self._last_submit = now
         self.queue(Msg.SUBMIT, (tid, int(flags), frames), at_once=quiet)
 

@@ -9,7 +9,6 @@ endless iterable is read lazily and results come back in order.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import functools
 import itertools
 import math
@@ -143,17 +142,28 @@ class _Feeder:
             yield chunk
 
     def fill(self, inflight: Any, add: Callable) -> None:
-        """Submit chunks until ``inflight`` holds a window's worth; several
-        leave together, and a map of one chunk may run here (see Client)."""
-        chunks = list(itertools.islice(self.chunks, max(0, self.window - len(inflight))))
-        with self.rt.together() if len(chunks) > 1 else contextlib.nullcontext():
-            for chunk in chunks:
-                future = self.rt.submit_chunk(self.fn, chunk, self.star)
-                serialization.claim_task_files(future)
-                if self.adaptive:
-                    future.add_done_callback(functools.partial(
-                        self._adapt, time.monotonic(), len(chunk)))
+        """Submit chunks until ``inflight`` holds a window's worth.
+
+        Chunks of an input of known length leave together in one message (a
+        map of one chunk may run here instead, see ``Client.may_hold``); a
+        generator's leave one by one as they are read, since it may be slow
+        to yield."""
+        room = max(0, self.window - len(inflight))
+        if self.adaptive:
+            for chunk in itertools.islice(self.chunks, room):
+                future = serialization.claim_task_files(
+                    self.rt.submit_chunk(self.fn, chunk, self.star))
+                future.add_done_callback(functools.partial(
+                    self._adapt, time.monotonic(), len(chunk)))
                 add(future)
+            return
+        chunks = list(itertools.islice(self.chunks, room))
+        if len(chunks) == 1:
+            add(serialization.claim_task_files(
+                self.rt.submit_chunk(self.fn, chunks[0], self.star)))
+            return
+        for future in self.rt.submit_chunks(self.fn, chunks, self.star):
+            add(future)
 
     def _adapt(self, started: float, calls: int, future: cf.Future) -> None:
         if calls < self.size:

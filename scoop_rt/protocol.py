@@ -32,6 +32,7 @@ Who sends what:
     SHUTDOWN   broker -> every client    reason                         -
     GONE       watcher -> broker         name, reason                   -
     CREDIT     worker -> broker          extra                          -
+    RETURN     worker -> broker          tids (the broker's)            -
     NOTICE     broker -> origin (its hb)  text                           -
 
 ``SUBMIT``, ``TASK`` and ``RESULT`` carry a batch of one or more tasks: their
@@ -50,7 +51,9 @@ that it carries on again. A *watcher* (the launcher, or the agent on a
 remote host) sees worker processes exit and says so at once with ``GONE``,
 naming the exit code or signal; heartbeats catch what no watcher sees.
 ``CREDIT`` sets how many tasks a worker wants to get ahead of the one it
-runs (its prefetch), so short tasks never wait for a round trip. ``NOTICE``
+runs (its prefetch), so short tasks never wait for a round trip; ``RETURN``
+gives back tasks a worker holds but has not started once its running task has
+run long, for the broker to hand to whoever is free. ``NOTICE``
 carries a line for the user (a worker lost, and why) to the origin, whose
 heartbeat thread logs it at once, busy script or not. ``PROBE`` asks where a submitted task stands (``TaskState``), and with
 ``cancel`` set drops it if no worker has it yet. ``PING`` comes from a client's heartbeat socket,
@@ -102,6 +105,7 @@ class Msg(enum.IntEnum):
     GONE = 17
     CREDIT = 18
     NOTICE = 19
+    RETURN = 20
 
 
 class Status(enum.IntEnum):
@@ -199,6 +203,7 @@ SCHEMA: dict[Msg, tuple[tuple[str, tuple], ...]] = {
     Msg.GONE: (("name", STR), ("reason", STR)),
     Msg.CREDIT: (("extra", INT),),
     Msg.NOTICE: (("text", STR),),
+    Msg.RETURN: (("tids", INTS),),
 }
 
 PAYLOAD = frozenset({Msg.SUBMIT, Msg.TASK, Msg.RESULT, Msg.SETCONST, Msg.CONST})

@@ -6,9 +6,8 @@ sequential stand-in that runs every call in-process when there is no run
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import sys
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from . import serialization, tasks
 
@@ -35,10 +34,6 @@ class Sequential:
                   "'python -m scoop_rt script.py' to use workers); running "
                   "futures sequentially in this process", file=sys.stderr)
 
-    @contextlib.contextmanager
-    def together(self) -> Iterator[None]:
-        yield  # each call has run already
-
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
                     flags: Any = None) -> cf.Future:
         return self._run(serialization.dump_call(fn, args, kwargs), False)
@@ -46,6 +41,11 @@ class Sequential:
     def submit_chunk(self, fn: Callable, calls: Sequence,
                      star: bool = False) -> cf.Future:
         return self._run(serialization.dump_chunk(fn, calls, star), True)
+
+    def submit_chunks(self, fn: Callable, chunks: Sequence,
+                      star: bool = False) -> list:
+        return [serialization.claim_task_files(self.submit_chunk(fn, calls, star))
+                for calls in chunks]
 
     def _run(self, frames: list, chunk: bool) -> cf.Future:
         """Run a task as a worker would: from its pickled form, its outcome

@@ -60,7 +60,11 @@ class WorkerClient(Client):
         self._running_since: float | None = None  # the running task's start
         self._waits: list = []  # _running_since of each wait under way
         self._serving = threading.get_ident()
-        self._inbox: deque = deque()  # (tid, flags, frames) handed to this worker
+        # (tid, flags, frames) handed to this worker and not started yet;
+        # the serving thread takes them, the heartbeat thread may give them
+        # back (send_due), both under the lock.
+        self._inbox: deque = deque()
+        self._inbox_lock = threading.Lock()
 
     def _submit(self, frames: list, label: str, chunk: bool, flags):
         if self.importing:
@@ -100,7 +104,8 @@ class WorkerClient(Client):
                 self._running_since = time.monotonic()
 
     def on_task(self, msg) -> None:
-        self._inbox.extend(protocol.split_batch(msg))
+        with self._inbox_lock:
+            self._inbox.extend(protocol.split_batch(msg))
         while self.run_queued():
             pass
 
@@ -109,9 +114,12 @@ class WorkerClient(Client):
 
         Also called while a task waits on its children: tasks that came in
         the same batch then run meanwhile, as new ones would."""
-        if not self._inbox or threading.get_ident() != self._serving:
+        if threading.get_ident() != self._serving:
             return False
-        tid, flags, frames = self._inbox.popleft()
+        with self._inbox_lock:
+            if not self._inbox:
+                return False
+            tid, flags, frames = self._inbox.popleft()
         started = time.monotonic()
         outer, self._running_since = self._running_since, started
         if self._prefetch:
@@ -172,11 +180,17 @@ class WorkerClient(Client):
     def send_due(self) -> None:
         """Also, from the heartbeat thread: a task that has run long
         withdraws the prefetch that was judged from shorter ones, so the
-        broker sends no more tasks ahead to wait behind it."""
+        broker sends no more tasks ahead to wait behind it, and gives back
+        those it holds but has not started, for whoever is free."""
         super().send_due()
         left = self._running_long(time.monotonic())
         if left is not None and left <= 0:
             self._ask_ahead(0)
+            with self._inbox_lock:
+                waiting = [tid for tid, _, _ in self._inbox]
+                self._inbox.clear()
+            if waiting:
+                self.send(Msg.RETURN, waiting)
 
 
 

@@ -70,6 +70,32 @@ def test_no_chunk_goes_ahead_behind_a_long_task(tmp_path):
     assert out == {"short": [0.05] * 4, "long_done": False}
 
 
+HELD_BEHIND_A_LONG_TASK = """
+    def nap(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    if __name__ == "__main__":
+        warm_up(2)
+        for _ in range(10):  # short chunks: both workers ask for tasks ahead
+            list(futures.map(abs, range(4000)))
+        # Eight chunks are a deep queue: each worker gets four at once, and
+        # one of them gets the long one first.
+        print(json.dumps(list(futures.map_as_completed(
+            nap, [3] + [0.05] * 7, chunksize=1))))
+    """
+
+
+def test_tasks_held_behind_a_long_task_go_to_a_free_worker(tmp_path):
+    """A worker whose running task has run long gives back the tasks it
+    holds but has not started: the other worker runs them, and every short
+    task is done before the long one. Kept, three would wait the long
+    task's 3 s."""
+    proc = run_scoop(tmp_path, HELD_BEHIND_A_LONG_TASK, prelude=True)
+    assert proc.returncode == 0, explain(proc)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0.05] * 7 + [3]
+
+
 def _welcomed(ctx, endpoint, keys, identity, role):
     """A DEALER of a fake client that said HELLO and got its WELCOME."""
     sock = transport.connect_dealer(ctx, endpoint, transport.client_keys(keys), identity)
@@ -95,14 +121,16 @@ def _tasks(sock, settle=0.3, kind=Msg.TASK):
 @contextlib.contextmanager
 def _workers_and_origin(credit, workers=1):
     """A real broker, and fake clients: ``workers`` workers that each asked
-    for ``credit`` tasks ahead (their last tasks were short), and an origin."""
+    for ``credit`` tasks ahead (their last tasks were short; a list gives
+    each its own), and an origin."""
+    credits = credit if isinstance(credit, list) else [credit] * workers
     ctx = zmq.Context()
     socks = []
     try:
         with real_broker(size=workers) as (endpoint, keys):
             for i in range(workers):
                 socks.append(_welcomed(ctx, endpoint, keys, b"w%d" % i, "worker"))
-                socks[-1].send_multipart(protocol.encode(Msg.CREDIT, credit))
+                socks[-1].send_multipart(protocol.encode(Msg.CREDIT, credits[i]))
             origin = _welcomed(ctx, endpoint, keys, b"origin", "origin")
             socks.append(origin)
             time.sleep(0.2)  # the credits are in before any task
@@ -191,11 +219,22 @@ def test_a_map_is_split_evenly_in_one_message_each():
         assert got == [[4], [4]]
 
 
-def test_a_maps_chunks_leave_the_origin_together():
-    """A real origin's map of eight chunks reaches the broker as one
-    message, so two workers each get their four at once; a first chunk sent
-    alone would leave the broker a short queue to hand out one by one."""
-    from scoop_rt import futures, runtime
+def test_the_end_of_a_queue_does_not_pile_up_ahead_at_one_worker():
+    """Eight chunks, a worker that asked for tasks ahead and one that asked
+    for none: the first gets its even share, the second one chunk, and the
+    three left stay at the broker, as a short queue's do, rather than going
+    ahead to the first worker when it comes back for more."""
+    with _workers_and_origin(credit=[8, 0], workers=2) as (workers, origin, _):
+        _submit(origin, 8, Flags.CHUNK)
+        got = [[len(batch) for batch in _tasks(worker)] for worker in workers]
+        assert got == [[4], [1]]
+
+
+@contextlib.contextmanager
+def _origin_client(endpoint, keys, size):
+    """A real origin's client in this process, as the runtime of its futures
+    API; a run that ends under it is recorded instead of ending pytest."""
+    from scoop_rt import runtime
     from scoop_rt.config import Config
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     try:
@@ -206,25 +245,46 @@ def test_a_maps_chunks_leave_the_origin_together():
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
-    with _workers_and_origin(credit=8, workers=2) as (workers, fake_origin, (endpoint, keys)):
-        client = OriginClient({"config": Config().to_dict(), "endpoint": endpoint,
-                               "keys": transport.client_keys(keys), "name": "origin",
-                               "size": 2, "local": True})
-        try:
-            client.start()
-            runtime.current = client
+    class Origin(OriginClient):
+        ended = None
+
+        def leave(self, reason):
+            self.ended = reason
+
+        def on_run_over(self, reason):
+            self.ended = reason
+
+    client = Origin({"config": Config().to_dict(), "endpoint": endpoint,
+                     "keys": transport.client_keys(keys), "name": "origin",
+                     "size": size, "local": True})
+    before = runtime.current
+    try:
+        client.start()
+        runtime.current = client
+        yield client
+    finally:
+        runtime.current = before
+        client.close()
+
+
+def test_a_maps_chunks_leave_the_origin_together():
+    """A real origin's map of eight chunks reaches the broker as one
+    message, so two workers each get their four at once; a first chunk sent
+    alone would leave the broker a short queue to hand out one by one."""
+    from scoop_rt import futures
+
+    with _workers_and_origin(credit=8, workers=2) as (workers, _, (endpoint, keys)):
+        with _origin_client(endpoint, keys, size=2):
             futures.map(abs, range(8000))  # work starts at the call
             got = [[len(batch) for batch in _tasks(worker)] for worker in workers]
-        finally:
-            runtime.current = None
-            client.close()
         assert got == [[4], [4]]
 
 
 def test_each_chunk_outcome_leaves_the_worker_at_once():
-    """A real worker given a batch of a map's chunks sends each chunk's
-    values as soon as it has them, not gathered with the next ones: the
-    origin takes a map's values in order, and can start on the first."""
+    """A real worker given a batch of calls and a map's chunks gathers the
+    calls' outcomes (fewer messages) but sends each chunk's values as soon
+    as it has them: the origin takes a map's values in order, and can start
+    on the first."""
     from scoop_rt import serialization
 
     keys = transport.make_keys()
@@ -234,30 +294,34 @@ def test_each_chunk_outcome_leaves_the_worker_at_once():
             "keys": transport.client_keys(keys)}
     worker = subprocess.Popen([sys.executable, "-m", "scoop_rt.worker"],
                               stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        worker.communicate(json.dumps(boot).encode(), timeout=0.001)
-    except subprocess.TimeoutExpired:
-        pass  # it runs, with its boot read
+    worker.stdin.write(json.dumps(boot).encode())
+    worker.stdin.close()  # the worker reads its boot to the end
     sock = listener.sock
     try:
         assert sock.poll(30_000), "the worker never said HELLO"
         identity, *frames = sock.recv_multipart()
         assert protocol.decode(frames).type == Msg.HELLO
         sock.send_multipart([identity, *protocol.encode(Msg.WELCOME, 1)])
+        calls = list(range(8))
+        chunks = list(range(100, 108))
+        call = serialization.dump_call(abs, (-1,), {})
         # Chunks of a fraction of a millisecond each: less than a worker
         # waits to gather outcomes that are not a map's.
         chunk = serialization.dump_chunk(time.sleep, [0.0002])
         sock.send_multipart([identity, *protocol.encode_batch(
-            Msg.TASK, [(btid, int(Flags.CHUNK), chunk) for btid in range(8)])])
-        sizes = []
+            Msg.TASK, [(btid, 0, call) for btid in calls]
+            + [(btid, int(Flags.CHUNK), chunk) for btid in chunks])])
+        messages = []
         deadline = time.monotonic() + 30
-        while sum(sizes) < 8 and time.monotonic() < deadline:
+        while sum(map(len, messages)) < 16 and time.monotonic() < deadline:
             if sock.poll(1000):
                 _, *frames = sock.recv_multipart()
                 msg = protocol.decode(frames)
                 if msg.type == Msg.RESULT:
-                    sizes.append(len(protocol.split_batch(msg)))
-        assert sizes == [1] * 8
+                    messages.append([btid for btid, _, _ in protocol.split_batch(msg)])
+        assert sorted(sum(messages, [])) == calls + chunks, messages
+        assert all(len(set(got) & set(chunks)) == 1 for got in messages if set(got) & set(chunks)), messages
+        assert max(len(set(got) & set(calls)) for got in messages) > 1, messages
     finally:
         worker.kill()
         worker.wait(timeout=30)

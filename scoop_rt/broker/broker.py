@@ -115,6 +115,7 @@ class Broker:
             Msg.BYE: self.on_bye,
             Msg.GONE: self.on_gone,
             Msg.CREDIT: self.on_credit,
+            Msg.RETURN: self.on_return,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -255,6 +256,22 @@ class Broker:
     def on_credit(self, identity: bytes, f, payload) -> None:
         self.workers.set_prefetch(identity, max(0, min(f.extra, MAX_PREFETCH)))
 
+    def on_return(self, identity: bytes, f, payload) -> None:
+        """A worker gives back tasks it held but never started (its running
+        task has run long): they go back to the front of the queue, in their
+        order, for whoever is free; cancel() can take them again."""
+        slots = self.workers.get(identity)
+        if slots is None:
+            return
+        for btid in reversed(f.tids):
+            task = self.tasks.get(btid)
+            if task is None or btid not in slots.running:
+                continue
+            slots.running.discard(btid)
+            task.worker = None
+            self.enqueue(btid, front=True)
+        self.workers.changed(identity)
+
     def on_probe(self, identity: bytes, f, payload) -> None:
         btid = self.by_client.get((identity, f.tid))
         task = self.tasks.get(btid) if btid is not None else None
@@ -310,15 +327,22 @@ class Broker:
         """Hand queued tasks to workers with free slots, several to a worker
         in one message when the queue is deep (see scheduling.Slots)."""
         workers = self.workers
-        # Bounds from the queue as it stands before any is handed out: the
-        # first worker's share does not make the queue look short to the
-        # next, so a map's chunks are split evenly.
+        # Shares and tasks ahead count from the queue as it stands before any
+        # worker takes its own: the first worker's share does not make the
+        # queue look short to the next, so a map's chunks are split evenly.
+        # A worker that comes back for more in the same pass is bounded by
+        # the queue as it is then: the end of a queue does not pile up ahead
+        # at one worker.
         workers.ahead = workers.ahead_now(self.queued, self.queued_alone)
         even_share = workers.share(self.queued)
+        served = set()
         while self.queue:
             wid = workers.take()
             if wid is None:
                 return
+            if wid in served:
+                workers.ahead = workers.ahead_now(self.queued, self.queued_alone)
+            served.add(wid)
             slots = workers.get(wid)
             share = min(workers.free(slots), even_share)
             entries = []

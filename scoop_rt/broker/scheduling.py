@@ -8,18 +8,24 @@ Queued tasks go first in, first out, to the workers with free slots in turn
 (round robin), each kept at most once in a ready line, so handing out a task
 costs the same with 2 workers or 1,000.
 
-How many tasks may go ahead depends on the queue (``Slots.ahead_now``):
+How many tasks may go ahead depends on the queue (``Slots.ahead_now``),
+as it stands when the broker starts handing out (a worker that comes back
+for more in the same pass is bounded by the queue as it is then):
 
-- a deep queue: as many as each worker asked for;
+- a deep queue: as many as each worker asked for, up to an even share of the
+  queue. A map's first window (4 chunks a worker, sent in one message) is
+  such a queue from 2 workers on, so each worker gets its share of the map
+  at once; the chunks it holds ahead run even if the map stops early;
 - a short queue of nothing but first tries of chunks of maps: one per
   worker, so that a worker starts its next chunk the moment it ends one, not
   a round trip to the broker later. Nobody cancels a chunk alone (a map that
   stops early cancels its chunks, but one already ahead at a worker runs
-  anyway). One chunk ahead may wait behind a long one when a worker's
-  prefetch was judged from shorter tasks before; a worker whose task has run
-  past 10 ms withdraws its prefetch while the task still runs, so no chunk
-  that comes later goes ahead behind it. A chunk that lost its worker goes
-  alone into a slot of its own, like any retried task;
+  anyway). A worker whose prefetch was judged from shorter tasks before may
+  take chunks ahead that turn out to wait behind a long one: once its task
+  has run past 10 ms, it withdraws its prefetch while the task still runs,
+  so no chunk that comes later goes ahead behind it, and gives back those it
+  holds but has not started, for whoever is free. A chunk that lost its
+  worker goes alone into a slot of its own, like any retried task;
 - any other short queue: none. A task sent ahead can no longer be cancelled
   (as with ProcessPoolExecutor's call queue), so a task queued behind busy
   workers stays at the broker, where ``cancel()`` can still take it back;
