@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import zmq
 
-from . import protocol, serialization, tasks, transport
+from . import protocol, serialization, shm, tasks, transport
 from .exits import exit_now
 from .config import Config
 from .protocol import Flags, Msg, ProtocolError, Role, TaskState
@@ -344,7 +344,9 @@ class Client:
 
     def send(self, msg_type: Msg, *fields: Any, payload: Sequence = ()) -> None:
         """Send one message, after the batches waiting to go (order kept)."""
-        frames = protocol.encode(msg_type, *fields, payload=payload)
+        self._send_frames(protocol.encode(msg_type, *fields, payload=payload))
+
+    def _send_frames(self, frames: list) -> None:
         with self._send_lock:
             self._flush_locked()
             transport.send_message(self.tx, frames)
@@ -429,30 +431,35 @@ class Client:
         """Futures for several chunks of one map (see ``submit_chunk``), sent
         in one message, none held back: the broker sees the whole map at once
         and gives each worker its share in one go. Each future owns its
-        chunk's shared memory files (``serialization.claim_task_files``).
-
-        If a chunk cannot be pickled, those before it are sent all the same
-        (they run, as they would have one by one) and the error is raised."""
-        label = serialization.describe(fn)
-        futures: list = []
-        entries: list = []
+        chunk's shared memory files. A chunk that cannot be pickled raises
+        before any is sent."""
+        self.check_may_submit()
+        pickled: list = []
         try:
             for calls in chunks:
                 frames = serialization.dump_chunk(fn, calls, star)
-                future = self._new_future(label, True)
-                futures.append(serialization.claim_task_files(future))
-                entries.append((future._tid, int(Flags.CHUNK), frames))
-        finally:
-            if entries:
-                self.send_held()  # a task held before them goes first
-                with self._send_lock, transport.stop_signals_held():
-                    self._flush_locked()
-                    transport.send_message(self.tx, protocol.encode_batch(Msg.SUBMIT, entries))
-                self._last_submit = time.monotonic()
+                pickled.append((frames, serialization.take_task_files()))
+        except BaseException:
+            for frames, _ in pickled:
+                shm.release(frames)  # nothing was sent: their files go
+            raise
+        label = serialization.describe(fn)
+        with transport.stop_signals_held():  # every future made is sent
+            futures = [shm.unlink_when_done(self._new_future(label, True), files)
+                       for _, files in pickled]
+            self.send_held()  # a task held before them goes first
+            self._send_frames(protocol.encode_batch(Msg.SUBMIT, [
+                (future._tid, int(Flags.CHUNK), frames)
+                for future, (frames, _) in zip(futures, pickled)]))
+        self._last_submit = time.monotonic()
         return futures
+
+    def check_may_submit(self) -> None:
+        """Raise if this process may not submit now (see WorkerClient)."""
 
     def _submit(self, frames: list, label: str, chunk: bool,
                 flags: Flags) -> Future:
+        self.check_may_submit()
         future = self._new_future(label, chunk)
         if not self.may_hold(chunk):
             self.send_submit(future._tid, flags, frames)

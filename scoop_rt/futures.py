@@ -113,7 +113,8 @@ class _Feeder:
         self.rt = _runtime.get()
         self.fn = fn
         length = _known_length(iterables)
-        self.adaptive = chunksize is None and length is None
+        self.sized = length is not None
+        self.adaptive = chunksize is None and not self.sized
         if chunksize is not None:
             self.size = max(1, int(chunksize))
         elif length is not None:
@@ -149,21 +150,24 @@ class _Feeder:
         generator's leave one by one as they are read, since it may be slow
         to yield."""
         room = max(0, self.window - len(inflight))
-        if self.adaptive:
+        if not self.sized:
             for chunk in itertools.islice(self.chunks, room):
-                future = serialization.claim_task_files(
-                    self.rt.submit_chunk(self.fn, chunk, self.star))
-                future.add_done_callback(functools.partial(
-                    self._adapt, time.monotonic(), len(chunk)))
-                add(future)
+                add(self._send_chunk(chunk))
             return
         chunks = list(itertools.islice(self.chunks, room))
         if len(chunks) == 1:
-            add(serialization.claim_task_files(
-                self.rt.submit_chunk(self.fn, chunks[0], self.star)))
-            return
-        for future in self.rt.submit_chunks(self.fn, chunks, self.star):
-            add(future)
+            add(self._send_chunk(chunks[0]))
+        elif chunks:
+            for future in self.rt.submit_chunks(self.fn, chunks, self.star):
+                add(future)
+
+    def _send_chunk(self, chunk: Any) -> cf.Future:
+        future = serialization.claim_task_files(
+            self.rt.submit_chunk(self.fn, chunk, self.star))
+        if self.adaptive:
+            future.add_done_callback(functools.partial(
+                self._adapt, time.monotonic(), len(chunk)))
+        return future
 
     def _adapt(self, started: float, calls: int, future: cf.Future) -> None:
         if calls < self.size:

@@ -173,16 +173,19 @@ def _note_task_files(frames: list) -> list:
     return frames
 
 
-def claim_task_files(future: Any) -> Any:
-    """Tie the shared memory files of the task just pickled on this thread
-    (by ``dump_call`` or ``dump_chunk``) to ``future``: they are removed
-    when it settles, since until then the task may have to run again on
-    another worker. Returns ``future``."""
+def take_task_files() -> list:
+    """The shared memory files of the task just pickled on this thread (by
+    ``dump_call`` or ``dump_chunk``), now the caller's to tie to a future."""
     names = getattr(_task_files, "names", None)
     _task_files.names = None
-    if names:
-        shm.unlink_when_done(future, names)
-    return future
+    return names or []
+
+
+def claim_task_files(future: Any) -> Any:
+    """Tie the shared memory files of the task just pickled on this thread
+    to ``future``: they are removed when it settles, since until then the
+    task may have to run again on another worker. Returns ``future``."""
+    return shm.unlink_when_done(future, take_task_files())
 
 
 def describe(fn: Any) -> str:

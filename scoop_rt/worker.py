@@ -66,13 +66,12 @@ class WorkerClient(Client):
         self._inbox: deque = deque()
         self._inbox_lock = threading.Lock()
 
-    def _submit(self, frames: list, label: str, chunk: bool, flags):
+    def check_may_submit(self) -> None:
         if self.importing:
             raise RuntimeError(
                 "futures were used at the top level of the script, which every "
                 "worker runs when it imports the script; put that code under "
                 "'if __name__ == \"__main__\":'")
-        return super()._submit(frames, label, chunk, flags)
 
     def may_hold(self, chunk: bool) -> bool:
         return bool(self._depth) and threading.get_ident() == self._serving
@@ -122,7 +121,7 @@ class WorkerClient(Client):
             tid, flags, frames = self._inbox.popleft()
         started = time.monotonic()
         outer, self._running_since = self._running_since, started
-        if self._prefetch:
+        if self._prefetch or self._inbox:
             self.heartbeat.wake_by(started + PREFETCH_STOP_ABOVE)
         try:
             status, outcome = self._run(frames)
@@ -163,10 +162,11 @@ class WorkerClient(Client):
                 self.send(Msg.CREDIT, wanted)
 
     def _running_long(self, now: float) -> float | None:
-        """Seconds until the running task counts as long, while this worker
-        still asks for tasks ahead (negative: it does already); else None."""
+        """Seconds until the running task counts as long (negative: it does
+        already), while this worker has something to take back then: tasks
+        ahead it asks for, or tasks it holds unstarted; else None."""
         since = self._running_since
-        if since is None or not self._prefetch:
+        if since is None or not (self._prefetch or self._inbox):
             return None
         return since + PREFETCH_STOP_ABOVE - now
 

@@ -267,6 +267,29 @@ def _origin_client(endpoint, keys, size):
         client.close()
 
 
+def test_a_worker_gives_back_what_it_has_not_started():
+    """Tasks a worker returns (its running task has run long) go back to
+    the front of the queue, to a worker with room for them."""
+    with _workers_and_origin(credit=8, workers=2) as ([slow, other], origin, _):
+        _submit(origin, 8, Flags.CHUNK)
+        [held], [others] = _tasks(slow), _tasks(other)
+        assert len(held) == len(others) == 4
+        slow.send_multipart(protocol.encode(Msg.CREDIT, 0))
+        returned = [btid for btid, _, _ in held[1:]]
+        slow.send_multipart(protocol.encode(Msg.RETURN, returned))
+        for btid, _, _ in others:  # the other worker makes room
+            other.send_multipart(protocol.encode_batch(
+                Msg.RESULT, [(btid, int(Status.OK), [b"done"])]))
+        again = []
+        while batches := _tasks(other):  # one ahead of the one it runs: a short queue
+            for btid, _, _ in (entry for batch in batches for entry in batch):
+                again.append(btid)
+                other.send_multipart(protocol.encode_batch(
+                    Msg.RESULT, [(btid, int(Status.OK), [b"done"])]))
+        assert again == returned
+        assert not _tasks(slow)
+
+
 def test_a_maps_chunks_leave_the_origin_together():
     """A real origin's map of eight chunks reaches the broker as one
     message, so two workers each get their four at once; a first chunk sent
@@ -311,6 +334,8 @@ def test_each_chunk_outcome_leaves_the_worker_at_once():
         sock.send_multipart([identity, *protocol.encode_batch(
             Msg.TASK, [(btid, 0, call) for btid in calls]
             + [(btid, int(Flags.CHUNK), chunk) for btid in chunks])])
+        sent = {btid: (0, call) for btid in calls}
+        sent.update({btid: (int(Flags.CHUNK), chunk) for btid in chunks})
         messages = []
         deadline = time.monotonic() + 30
         while sum(map(len, messages)) < 16 and time.monotonic() < deadline:
@@ -319,6 +344,9 @@ def test_each_chunk_outcome_leaves_the_worker_at_once():
                 msg = protocol.decode(frames)
                 if msg.type == Msg.RESULT:
                     messages.append([btid for btid, _, _ in protocol.split_batch(msg)])
+                elif msg.type == Msg.RETURN:  # a task ran past 10 ms: hand them back
+                    sock.send_multipart([identity, *protocol.encode_batch(
+                        Msg.TASK, [(btid, *sent[btid]) for btid in msg.fields.tids])])
         assert sorted(sum(messages, [])) == calls + chunks, messages
         assert all(len(set(got) & set(chunks)) == 1 for got in messages if set(got) & set(chunks)), messages
         assert max(len(set(got) & set(calls)) for got in messages) > 1, messages

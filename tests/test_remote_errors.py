@@ -221,3 +221,24 @@ def test_run_in_origin_can_be_switched_off(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["direct"][0] != out["origin"] and out["direct"][1] is False
     assert "Traceback on worker" in out["error"]
+
+
+TOP_LEVEL_MAP = """
+    import json, os
+    from scoop_rt import futures
+
+    def where(x):
+        return os.getpid()
+
+    # No main guard: a worker that imports the script stops here, since
+    # futures are refused while it imports, and keeps what came before.
+    pids = set(futures.map(where, range(64)))
+    print(json.dumps({"origin": os.getpid(), "pids": sorted(pids)}))
+    """
+
+
+def test_a_map_at_the_top_level_of_the_script_still_runs(tmp_path):
+    proc = run_scoop(tmp_path, TOP_LEVEL_MAP)
+    assert proc.returncode == 0, explain(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["pids"] and out["origin"] not in out["pids"]

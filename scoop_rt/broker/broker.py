@@ -264,10 +264,12 @@ class Broker:
         if slots is None:
             return
         for btid in reversed(f.tids):
-            task = self.tasks.get(btid)
-            if task is None or btid not in slots.running:
+            if btid not in slots.running:
                 continue
             slots.running.discard(btid)
+            task = self.tasks.get(btid)
+            if task is None:
+                continue  # dropped meanwhile: its submitter is gone
             task.worker = None
             self.enqueue(btid, front=True)
         self.workers.changed(identity)
@@ -340,10 +342,13 @@ class Broker:
             wid = workers.take()
             if wid is None:
                 return
+            slots = workers.get(wid)
             if wid in served:
                 workers.ahead = workers.ahead_now(self.queued, self.queued_alone)
+                if workers.free(slots) <= 0:
+                    workers.changed(wid)  # stays out of line
+                    continue
             served.add(wid)
-            slots = workers.get(wid)
             share = min(workers.free(slots), even_share)
             entries = []
             stalled = False

@@ -12,8 +12,8 @@ How many tasks may go ahead depends on the queue (``Slots.ahead_now``),
 as it stands when the broker starts handing out (a worker that comes back
 for more in the same pass is bounded by the queue as it is then):
 
-- a deep queue: as many as each worker asked for, up to an even share of the
-  queue. A map's first window (4 chunks a worker, sent in one message) is
+- a deep queue: as many as each worker asked for, an even share of the
+  queue at a time. A map's first window (4 chunks a worker, sent in one message) is
   such a queue from 2 workers on, so each worker gets its share of the map
   at once; the chunks it holds ahead run even if the map stops early;
 - a short queue of nothing but first tries of chunks of maps: one per
