@@ -45,6 +45,8 @@ HOLD_LIMIT = 0.005  # longest a worker keeps a child to itself (see worker.py)
 BATCH_MAX = 64
 BATCH_BYTES = 1 << 20
 BATCH_DELAY = 0.002
+# A map's chunks that took this long to pickle leave without the rest.
+PICKLING_WAIT = 0.001
 SUBMIT_GAP = 0.001
 # While a process holds or batches tasks, its heartbeat thread looks every
 # TICK seconds (until it has done neither for ACTIVE_SPAN), so that holding
@@ -415,6 +417,7 @@ class Client:
 
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
                     flags: Flags = Flags.NONE) -> Future:
+        self.check_may_submit()  # before pickling writes any file
         frames = serialization.dump_call(fn, args, kwargs)
         return self._submit(frames, serialization.describe(fn), False, flags)
 
@@ -423,27 +426,41 @@ class Client:
         """A future whose result is ``(values, error)`` for ``fn`` over
         ``calls`` (items, or argument tuples with ``star``): the values up to
         the first error, and that error or None."""
+        self.check_may_submit()
         frames = serialization.dump_chunk(fn, calls, star)
         return self._submit(frames, serialization.describe(fn), True, Flags.CHUNK)
 
     def submit_chunks(self, fn: Callable, chunks: Sequence,
                       star: bool = False) -> list:
         """Futures for several chunks of one map (see ``submit_chunk``), sent
-        in one message, none held back: the broker sees the whole map at once
-        and gives each worker its share in one go. Each future owns its
-        chunk's shared memory files. A chunk that cannot be pickled raises
-        before any is sent."""
+        together, none held back: the broker sees the whole map at once and
+        gives each worker its share in one go. Chunks that are slow to pickle
+        (large arrays) leave as soon as PICKLING_WAIT has passed, so workers
+        start on them while the rest are pickled. Each future owns its chunk's
+        shared memory files. A chunk that cannot be pickled raises; those
+        before it that have left run, the others are dropped."""
         self.check_may_submit()
+        label = serialization.describe(fn)
+        futures: list = []
         pickled: list = []
         try:
+            since = time.monotonic()
             for calls in chunks:
                 frames = serialization.dump_chunk(fn, calls, star)
                 pickled.append((frames, serialization.take_task_files()))
+                if time.monotonic() - since >= PICKLING_WAIT:
+                    futures += self._send_chunks(label, pickled)
+                    since = time.monotonic()
+            if pickled:
+                futures += self._send_chunks(label, pickled)
         except BaseException:
             for frames, _ in pickled:
-                shm.release(frames)  # nothing was sent: their files go
+                shm.release(frames)  # not sent: their files go
             raise
-        label = serialization.describe(fn)
+        return futures
+
+    def _send_chunks(self, label: str, pickled: list) -> list:
+        """Futures for the pickled chunks ``(frames, files)``, in one SUBMIT."""
         with transport.stop_signals_held():  # every future made is sent
             futures = [shm.unlink_when_done(self._new_future(label, True), files)
                        for _, files in pickled]
@@ -451,6 +468,7 @@ class Client:
             self._send_frames(protocol.encode_batch(Msg.SUBMIT, [
                 (future._tid, int(Flags.CHUNK), frames)
                 for future, (frames, _) in zip(futures, pickled)]))
+            pickled.clear()  # sent: no longer this caller's to release
         self._last_submit = time.monotonic()
         return futures
 
@@ -459,7 +477,6 @@ class Client:
 
     def _submit(self, frames: list, label: str, chunk: bool,
                 flags: Flags) -> Future:
-        self.check_may_submit()
         future = self._new_future(label, chunk)
         if not self.may_hold(chunk):
             self.send_submit(future._tid, flags, frames)

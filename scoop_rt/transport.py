@@ -110,7 +110,14 @@ def stop_signals_held() -> Iterator[None]:
     if threading.get_ident() != _MAIN:
         yield  # handlers run in the main thread only
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    except BaseException:
+        # A handler that Python ran as the call returned (a stop signal that
+        # came just before) raised, the signals blocked by then: unblock them
+        # (one of them was not blocked, or it would not have come).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        raise
     try:
         yield
     finally:

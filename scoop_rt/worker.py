@@ -60,11 +60,11 @@ class WorkerClient(Client):
         self._running_since: float | None = None  # the running task's start
         self._waits: list = []  # _running_since of each wait under way
         self._serving = threading.get_ident()
-        # (tid, flags, frames) handed to this worker and not started yet;
-        # the serving thread takes them, the heartbeat thread may give them
-        # back (send_due), both under the lock.
+        # (tid, flags, frames) handed to this worker and not started yet.
+        # The serving thread takes them and the heartbeat thread may give
+        # them back (send_due), each with popleft(), which is thread-safe:
+        # every task goes one way.
         self._inbox: deque = deque()
-        self._inbox_lock = threading.Lock()
 
     def check_may_submit(self) -> None:
         if self.importing:
@@ -89,22 +89,24 @@ class WorkerClient(Client):
         self.block_until(lambda: False, None)
 
     def blocking(self, starts: bool) -> None:
+        if threading.get_ident() != self._serving:
+            return  # the serving thread is busy: no task can run meanwhile
         # A task waiting on its children frees this worker for one more task
         # (send() sends the outcomes and children waiting to go first).
         if self._depth:
             self.send(Msg.WAITING if starts else Msg.RESUMED)
-        if threading.get_ident() == self._serving:
-            # Waiting is not running: a task that waits on its children does
-            # not count as long (the tasks that run meanwhile count alone).
-            if starts:
-                self._waits.append(self._running_since)
-                self._running_since = None
-            elif self._waits.pop() is not None:
-                self._running_since = time.monotonic()
+        # Waiting is not running: a task that waits on its children does not
+        # count as long (the tasks that run meanwhile count alone).
+        if starts:
+            self._waits.append(self._running_since)
+            self._running_since = None
+        elif self._waits.pop() is not None:
+            now = self._running_since = time.monotonic()
+            if self._prefetch or self._inbox:
+                self.heartbeat.wake_by(now + PREFETCH_STOP_ABOVE)
 
     def on_task(self, msg) -> None:
-        with self._inbox_lock:
-            self._inbox.extend(protocol.split_batch(msg))
+        self._inbox.extend(protocol.split_batch(msg))
         while self.run_queued():
             pass
 
@@ -115,10 +117,10 @@ class WorkerClient(Client):
         the same batch then run meanwhile, as new ones would."""
         if threading.get_ident() != self._serving:
             return False
-        with self._inbox_lock:
-            if not self._inbox:
-                return False
+        try:
             tid, flags, frames = self._inbox.popleft()
+        except IndexError:
+            return False
         started = time.monotonic()
         outer, self._running_since = self._running_since, started
         if self._prefetch or self._inbox:
@@ -186,9 +188,12 @@ class WorkerClient(Client):
         left = self._running_long(time.monotonic())
         if left is not None and left <= 0:
             self._ask_ahead(0)
-            with self._inbox_lock:
-                waiting = [tid for tid, _, _ in self._inbox]
-                self._inbox.clear()
+            waiting = []
+            while self._inbox:
+                try:
+                    waiting.append(self._inbox.popleft()[0])
+                except IndexError:  # the serving thread took the last one
+                    break
             if waiting:
                 self.send(Msg.RETURN, waiting)
 

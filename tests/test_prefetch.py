@@ -290,6 +290,35 @@ def test_a_worker_gives_back_what_it_has_not_started():
         assert not _tasks(slow)
 
 
+def test_a_returned_task_whose_submitter_is_gone_frees_its_slot():
+    """A task given back after the broker dropped it (its submitter, a
+    worker, died) is gone for good, and no longer takes a slot of the worker
+    that gave it back: that worker gets the next task."""
+    ctx = zmq.Context()
+    try:
+        with _workers_and_origin(credit=8, workers=2) as ([worker, submitter], origin,
+                                                          (endpoint, keys)):
+            submitter.send_multipart(protocol.encode(Msg.CREDIT, 0))
+            time.sleep(0.2)
+            submitter.send_multipart(protocol.encode_batch(
+                Msg.SUBMIT, [(tid, int(Flags.CHUNK), [b"call"]) for tid in range(4)]))
+            [held] = _tasks(worker)
+            assert len(held) == 2  # a short queue: one and one ahead
+            watcher = _welcomed(ctx, endpoint, keys, b"watcher", "watcher")
+            try:
+                watcher.send_multipart(protocol.encode(Msg.GONE, "w1", "killed"))
+                time.sleep(0.3)  # the broker dropped the submitter's tasks
+                worker.send_multipart(protocol.encode(Msg.CREDIT, 0))
+                worker.send_multipart(protocol.encode(Msg.RETURN, [held[1][0]]))
+                _finish(worker, held)
+                _submit(origin, 1, Flags.NONE)
+                assert [len(batch) for batch in _tasks(worker)] == [1]
+            finally:
+                watcher.close(linger=0)
+    finally:
+        ctx.term()
+
+
 def test_a_maps_chunks_leave_the_origin_together():
     """A real origin's map of eight chunks reaches the broker as one
     message, so two workers each get their four at once; a first chunk sent
