@@ -464,10 +464,15 @@ class Client:
         with transport.stop_signals_held():  # every future made is sent
             futures = [shm.unlink_when_done(self._new_future(label, True), files)
                        for _, files in pickled]
-            self.send_held()  # a task held before them goes first
-            self._send_frames(protocol.encode_batch(Msg.SUBMIT, [
-                (future._tid, int(Flags.CHUNK), frames)
-                for future, (frames, _) in zip(futures, pickled)]))
+            try:
+                self.send_held()  # a task held before them goes first
+                self._send_frames(protocol.encode_batch(Msg.SUBMIT, [
+                    (future._tid, int(Flags.CHUNK), frames)
+                    for future, (frames, _) in zip(futures, pickled)]))
+            except BaseException:
+                for future in futures:
+                    self.forget(future._tid)  # never sent: nothing to wait for
+                raise
             pickled.clear()  # sent: no longer this caller's to release
         self._last_submit = time.monotonic()
         return futures

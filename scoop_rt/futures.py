@@ -145,10 +145,12 @@ class _Feeder:
     def fill(self, inflight: Any, add: Callable) -> None:
         """Submit chunks until ``inflight`` holds a window's worth.
 
-        Chunks of an input of known length leave together in one message (a
-        map of one chunk may run here instead, see ``Client.may_hold``); a
+        Chunks of an input of known length leave together, in one message
+        unless they are slow to pickle (``Client.submit_chunks``; a map of
+        one chunk may run here instead, see ``Client.may_hold``); a
         generator's leave one by one as they are read, since it may be slow
-        to yield."""
+        to yield. If a chunk cannot be pickled, those that left before it
+        run all the same."""
         room = max(0, self.window - len(inflight))
         if not self.sized:
             for chunk in itertools.islice(self.chunks, room):

@@ -110,15 +110,12 @@ def stop_signals_held() -> Iterator[None]:
     if threading.get_ident() != _MAIN:
         yield  # handlers run in the main thread only
         return
+    # The mask is read before it changes: Python runs the handlers of
+    # signals that came just before as the call returns, and one that raises
+    # must not leave the stop signals blocked.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    except BaseException:
-        # A handler that Python ran as the call returned (a stop signal that
-        # came just before) raised, the signals blocked by then: unblock them
-        # (one of them was not blocked, or it would not have come).
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-        raise
-    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -77,8 +77,10 @@ class WorkerClient(Client):
         return bool(self._depth) and threading.get_ident() == self._serving
 
     def before_block(self) -> None:
-        # About to wait: rather than idle, run the held child here.
-        held = self._take_held()
+        # About to wait: rather than idle, run the held child here (only the
+        # thread that submitted it may: it runs on that thread's stack).
+        me = threading.get_ident()
+        held = self._take_held(lambda held: held.thread == me)
         if held is not None:
             self.run_held(held)
 

@@ -319,12 +319,15 @@ def test_a_returned_task_whose_submitter_is_gone_frees_its_slot():
         ctx.term()
 
 
-def test_a_maps_chunks_leave_the_origin_together():
+def test_a_maps_chunks_leave_the_origin_together(monkeypatch):
     """A real origin's map of eight chunks reaches the broker as one
     message, so two workers each get their four at once; a first chunk sent
     alone would leave the broker a short queue to hand out one by one."""
-    from scoop_rt import futures
+    from scoop_rt import client, futures
 
+    # Chunks that took long to pickle would leave early; on a loaded machine
+    # even these might, and this test is about cheap ones.
+    monkeypatch.setattr(client, "PICKLING_WAIT", 10.0)
     with _workers_and_origin(credit=8, workers=2) as (workers, _, (endpoint, keys)):
         with _origin_client(endpoint, keys, size=2):
             futures.map(abs, range(8000))  # work starts at the call
@@ -384,3 +387,30 @@ def test_each_chunk_outcome_leaves_the_worker_at_once():
         worker.wait(timeout=30)
         listener.close(0)
         ctx.term()
+
+
+@pytest.mark.parametrize("wait, sizes", [(10.0, [8]), (0.0, [1] * 8)])
+def test_chunks_slow_to_pickle_leave_as_they_are_pickled(monkeypatch, wait, sizes):
+    """A map's chunks leave together, unless pickling them takes longer
+    than PICKLING_WAIT (large arrays): then each leaves as soon as it is
+    pickled, so workers start on it while the rest are still pickled. The
+    origin's SUBMITs are counted as they go; all chunks reach the workers."""
+    from scoop_rt import client, futures
+
+    monkeypatch.setattr(client, "PICKLING_WAIT", wait)
+    sent = []
+    real_send = transport.send_message
+
+    def send(sock, frames):
+        msg = protocol.decode(frames)
+        if msg.type == Msg.SUBMIT:
+            sent.append(len(protocol.split_batch(msg)))
+        real_send(sock, frames)
+
+    monkeypatch.setattr(client.transport, "send_message", send)
+    with _workers_and_origin(credit=8, workers=2) as (workers, _, (endpoint, keys)):
+        with _origin_client(endpoint, keys, size=2):
+            futures.map(abs, range(8000))  # work starts at the call
+            got = [len(batch) for worker in workers for batch in _tasks(worker)]
+        assert sent == sizes
+        assert 0 < sum(got) <= 8
