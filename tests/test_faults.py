@@ -34,9 +34,10 @@ def run(*args, timeout=TIMEOUT, env=None):
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def start(*args):
+def start(*args, env=None):
     return subprocess.Popen([sys.executable, "-m", "scoop_rt", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
 
 
 def role_processes(launcher_pid):
@@ -212,7 +213,9 @@ def test_chaos_map_survives_random_worker_kills(tmp_path):
             print("started", flush=True)
             print(json.dumps(list(futures.map(task, range(10000)))))
         """)
-    launcher = start("-n", 8, path)
+    # Six kills could hit the same chunk three times, the default limit of
+    # attempts (a test of its own): allow more than there are kills.
+    launcher = start("-n", 8, path, env={**os.environ, "SCOOP_RT_MAX_ATTEMPTS": "7"})
     try:
         assert launcher.stdout.readline().strip() == "started"
         rng = random.Random(1234)
