@@ -197,3 +197,27 @@ def test_a_stop_signal_waits_until_the_message_is_whole():
         sender.close(linger=0)
         receiver.close(linger=0)
         ctx.term()
+
+
+def test_a_stop_signal_handled_as_the_mask_changes_leaves_it_as_it_was(monkeypatch):
+    """Python runs the handlers of signals that came just before as
+    pthread_sigmask returns. One that raises as the stop signals are being
+    blocked (played here by wrapping the real call) must not leave them
+    blocked for good: the main thread would never be stopped again."""
+    real = signal.pthread_sigmask
+
+    def sigmask(how, mask):
+        old = real(how, mask)
+        if how == signal.SIG_BLOCK and mask:
+            raise KeyboardInterrupt  # the handler of a Ctrl-C that just came
+        return old
+
+    before = real(signal.SIG_BLOCK, ())
+    monkeypatch.setattr(signal, "pthread_sigmask", sigmask)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with transport.stop_signals_held():
+                pass
+    finally:
+        monkeypatch.undo()
+    assert real(signal.SIG_BLOCK, ()) == before
