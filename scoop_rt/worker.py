@@ -103,9 +103,7 @@ class WorkerClient(Client):
             self._waits.append(self._running_since)
             self._running_since = None
         elif self._waits.pop() is not None:
-            now = self._running_since = time.monotonic()
-            if self._prefetch or self._inbox:
-                self.heartbeat.wake_by(now + PREFETCH_STOP_ABOVE)
+            self._running_from(time.monotonic())
 
     def on_task(self, msg) -> None:
         self._inbox.extend(protocol.split_batch(msg))
@@ -124,9 +122,8 @@ class WorkerClient(Client):
         except IndexError:
             return False
         started = time.monotonic()
-        outer, self._running_since = self._running_since, started
-        if self._prefetch or self._inbox:
-            self.heartbeat.wake_by(started + PREFETCH_STOP_ABOVE)
+        outer = self._running_since
+        self._running_from(started)
         try:
             status, outcome = self._run(frames)
         finally:
@@ -165,12 +162,23 @@ class WorkerClient(Client):
                 self._prefetch = wanted
                 self.send(Msg.CREDIT, wanted)
 
+    def _has_ahead(self) -> bool:
+        """Whether this worker has something to take back should its task
+        run long: tasks ahead it asks for, or tasks it holds unstarted."""
+        return bool(self._prefetch or self._inbox)
+
+    def _running_from(self, since: float) -> None:
+        """The running task counts from ``since``: the heartbeat thread
+        looks when it turns long, if there is anything to take back then."""
+        self._running_since = since
+        if self._has_ahead():
+            self.heartbeat.wake_by(since + PREFETCH_STOP_ABOVE)
+
     def _running_long(self, now: float) -> float | None:
         """Seconds until the running task counts as long (negative: it does
-        already), while this worker has something to take back then: tasks
-        ahead it asks for, or tasks it holds unstarted; else None."""
+        already), while this worker has something to take back; else None."""
         since = self._running_since
-        if since is None or not (self._prefetch or self._inbox):
+        if since is None or not self._has_ahead():
             return None
         return since + PREFETCH_STOP_ABOVE - now
 

@@ -41,17 +41,22 @@ def test_prefetch_keeps_results_whole(tmp_path):
     assert json.loads(proc.stdout) == [i * 3 for i in range(2000)] + [i * 3 for i in range(5000)]
 
 
-BEHIND_A_LONG_TASK = """
+ASKING_AHEAD = """
     def nap(seconds):
         time.sleep(seconds)
         return seconds
 
-    if __name__ == "__main__":
+    def ask_ahead():
+        \"\"\"Short chunks, enough of them to outweigh warm_up's 50 ms tasks
+        in each worker's running average: both workers ask for tasks ahead.\"\"\"
         warm_up(2)
-        # Short chunks, enough of them to outweigh warm_up's 50 ms tasks in
-        # each worker's running average: both workers ask for tasks ahead.
         for _ in range(10):
             list(futures.map(abs, range(4000)))
+    """
+
+BEHIND_A_LONG_TASK = ASKING_AHEAD + """
+    if __name__ == "__main__":
+        ask_ahead()
         long = futures.submit(nap, 4)
         time.sleep(1)  # it runs, and has run long
         short = list(futures.map(nap, [0.05] * 4, chunksize=1))
@@ -70,15 +75,9 @@ def test_no_chunk_goes_ahead_behind_a_long_task(tmp_path):
     assert out == {"short": [0.05] * 4, "long_done": False}
 
 
-HELD_BEHIND_A_LONG_TASK = """
-    def nap(seconds):
-        time.sleep(seconds)
-        return seconds
-
+HELD_BEHIND_A_LONG_TASK = ASKING_AHEAD + """
     if __name__ == "__main__":
-        warm_up(2)
-        for _ in range(10):  # short chunks: both workers ask for tasks ahead
-            list(futures.map(abs, range(4000)))
+        ask_ahead()
         # Eight chunks are a deep queue: each worker gets four at once, and
         # one of them gets the long one first.
         print(json.dumps(list(futures.map_as_completed(
