@@ -90,9 +90,27 @@ def run_script(path: str, argv: list) -> int:
         return EXIT_INTERRUPTED
     except BaseException as exc:  # the script's uncaught error: print as Python does
         # Leave out this function's own frame: the traceback starts in the script.
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        traceback.print_exception(type(exc), exc, _script_frames(exc.__traceback__.tb_next))
         return 1
     return 0
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _script_frames(tb):
+    """``tb`` without the runtime's own frames at its end: an error that
+    scoop_rt raises for the script's call (bad input, a remote error raised
+    again) ends at the script's line, as an error from a builtin would."""
+    last_script = None
+    frame = tb
+    while frame is not None:
+        if not frame.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+            last_script = frame
+        frame = frame.tb_next
+    if last_script is not None:
+        last_script.tb_next = None
+    return tb
 
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT

@@ -242,3 +242,18 @@ def test_a_map_at_the_top_level_of_the_script_still_runs(tmp_path):
     assert proc.returncode == 0, explain(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["pids"] and out["origin"] not in out["pids"]
+
+
+def test_an_uncaught_error_from_a_bad_call_ends_at_the_scripts_line(tmp_path):
+    """A call the runtime refuses (here map() over a number) fails the script
+    as a builtin's would: the traceback ends at the script's own line, with
+    none of scoop_rt's frames."""
+    proc = run_scoop(tmp_path, """
+        from scoop_rt import futures
+
+        if __name__ == "__main__":
+            list(futures.map(abs, 42))  # BAD-CALL
+        """)
+    assert proc.returncode == 1, explain(proc)
+    assert "BAD-CALL" in proc.stderr and "int 42 is not iterable" in proc.stderr
+    assert "scoop_rt" + os.sep not in proc.stderr, proc.stderr
