@@ -100,7 +100,10 @@ class Future(cf.Future):
     def result(self, timeout: float | None = None) -> Any:
         if timeout is None:
             self._client.run_if_held(self)
-        self._client.block_until(self._settled, timeout)
+        if self._state != cf._base.FINISHED:
+            self._client.block_until(self._settled, timeout)
+        elif self._exception is None:
+            return self._result  # (FINISHED is final: no lock needed to read)
         return super().result(timeout=0)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -527,7 +530,8 @@ class Client:
         self.send_submit(held.future._tid, held.flags, held.frames)
 
     def send_held(self) -> None:
-        self._take_held(send=True)
+        if self._held is not None:  # (checked again under the lock)
+            self._take_held(send=True)
 
     def run_held(self, held: Held) -> None:
         """Run a held task here and settle its future."""
@@ -539,6 +543,9 @@ class Client:
     def run_if_held(self, future: "Future") -> None:
         """Run ``future``'s task here if it is the one held back, by this
         thread (another thread's held task is that thread's to run)."""
+        held = self._held
+        if held is None or held.future is not future:
+            return  # (a future is held only as it is submitted: never later)
         me = threading.get_ident()
         held = self._take_held(
             lambda held: held.future is future and held.thread == me)

@@ -137,8 +137,9 @@ def loads(frames: Sequence) -> Any:
         raise pickle.UnpicklingError("no frames to unpickle")
     head = frames[0]
     head = head if isinstance(head, bytes) else head.buffer
-    buffers = [_buffer(f) for f in frames[1:]]
-    return pickle.loads(head, buffers=buffers)
+    if len(frames) == 1:
+        return pickle.loads(head)
+    return pickle.loads(head, buffers=[_buffer(f) for f in frames[1:]])
 
 
 def _buffer(frame: Any) -> Any:
