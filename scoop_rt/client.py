@@ -514,16 +514,20 @@ class Client:
     def _take_held(self, wanted: Callable[[Held], bool] = lambda held: True,
                    send: bool = False) -> Held | None:
         """Stop holding the held task if ``wanted(held)``; return it, or with
-        ``send`` queue its SUBMIT. Both under the hold lock: a ``probe`` that
-        no longer finds a task held finds its SUBMIT queued ahead of the
-        PROBE (lock order: hold, then send)."""
+        ``send`` queue its SUBMIT. Both under the hold lock, the SUBMIT
+        queued before the task stops being held: a thread that finds nothing
+        held (``probe``, or ``send_held`` without the lock) finds its SUBMIT
+        queued ahead of whatever it sends next (lock order: hold, then send)."""
         with self._hold_lock:
             held = self._held
             if held is None or not wanted(held):
                 return None
-            self._held = None
-            if send:
+            if not send:
+                self._held = None
+                return held
+            with transport.stop_signals_held():  # sent and no longer held, or neither
                 self._send_held(held)
+                self._held = None
             return held
 
     def _send_held(self, held: Held) -> None:
