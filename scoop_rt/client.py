@@ -123,16 +123,19 @@ class Future(cf.Future):
         return self._state in (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED)
 
     def _update(self, state: TaskState) -> None:
-        with self._condition:
-            if self._state != cf._base.PENDING:
-                return
+        # Another thread may settle or cancel the future meanwhile: each step
+        # checks, under the condition, the state it changes.
         if state == TaskState.CANCELLED:
             self._client.forget(self._tid)
-            super().cancel()
-            # No executor will look at it: tell waiters now.
-            self.set_running_or_notify_cancel()
+            super().cancel()  # (not if its result came first)
+            wanted = cf._base.CANCELLED  # no executor will look: tell waiters now
         elif state == TaskState.RUNNING:
-            self.set_running_or_notify_cancel()
+            wanted = cf._base.PENDING
+        else:
+            return
+        with self._condition:
+            if self._state == wanted:
+                self.set_running_or_notify_cancel()
 
 
 class Heartbeat(threading.Thread):
