@@ -525,11 +525,11 @@ class Client:
             held = self._held
             if held is None or not wanted(held):
                 return None
-            if not send:
-                self._held = None
-                return held
-            with transport.stop_signals_held():  # sent and no longer held, or neither
-                self._send_held(held)
+            if send:
+                with transport.stop_signals_held():  # sent and no longer held, or neither
+                    self._send_held(held)
+                    self._held = None
+            else:
                 self._held = None
             return held
 

@@ -199,10 +199,10 @@ class WorkerClient(Client):
         if left is not None and left <= 0:
             self._ask_ahead(0)
             waiting = []
-            while self._inbox:
+            while True:
                 try:
                     waiting.append(self._inbox.popleft()[0])
-                except IndexError:  # the serving thread took the last one
+                except IndexError:  # none left (the serving thread may take the last)
                     break
             if waiting:
                 self.send(Msg.RETURN, waiting)
