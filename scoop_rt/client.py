@@ -283,6 +283,13 @@ class Client:
         self.tx = transport.connect_dealer(self.ctx, self.endpoint, self.keys,
                                            protocol.sending_identity(self.identity))
         self._send_lock = threading.Lock()
+        # On a run local to one machine, where a map's outcomes go straight
+        # to the origin (see protocol): the origin binds it, a worker
+        # connects to it when it first has such an outcome.
+        self.outcomes_endpoint: str | None = boot.get("outcomes")
+        self._outcomes: zmq.Socket | None = None
+        self._poller: zmq.Poller | None = None  # both sockets, for the origin
+        self.chunk_flags = Flags.CHUNK  # a map's chunks, as submitted here
         # Entries waiting to go as one message, by type (under the send lock).
         self._batches: dict[Msg, list] = {Msg.SUBMIT: [], Msg.RESULT: []}
         self._batch_bytes = 0
@@ -329,6 +336,23 @@ class Client:
         _warm_allocator()  # while the welcome is on its way
         self.block_until(lambda: self.welcomed, None)
 
+    def open_outcomes(self) -> None:
+        """Bind the socket the workers send a map's outcomes to (the
+        origin, on a run local to one machine): from now on its maps' chunks
+        are marked DIRECT, and waits read both sockets. If it cannot be
+        bound, outcomes come through the broker, as on a cluster."""
+        try:
+            sock = transport.bind_outcomes(self.ctx, self.outcomes_endpoint, self.keys)
+        except zmq.ZMQError as exc:
+            log.debug("%s: outcomes come through the broker (%s)", self.name, exc)
+            return
+        self._outcomes = sock
+        self._outcome_handlers = {Msg.RESULT: self.on_result}
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(sock, zmq.POLLIN)
+        self.chunk_flags = Flags.CHUNK | Flags.DIRECT
+
     def close(self) -> None:
         if self.closed:
             return
@@ -337,6 +361,8 @@ class Client:
             self.heartbeat.stop()
         self.tx.close(linger=1000)
         self.sock.close(linger=0)
+        if self._outcomes is not None:
+            self._outcomes.close(linger=1000)
         self.ctx.term()
 
     def on_run_over(self, reason: str) -> None:
@@ -434,7 +460,7 @@ class Client:
         the first error, and that error or None."""
         self.check_may_submit()
         frames = serialization.dump_chunk(fn, calls, star)
-        return self._submit(frames, serialization.describe(fn), True, Flags.CHUNK)
+        return self._submit(frames, serialization.describe(fn), True, self.chunk_flags)
 
     def submit_chunks(self, fn: Callable, chunks: Sequence,
                       star: bool = False) -> list:
@@ -473,7 +499,7 @@ class Client:
             try:
                 self.send_held()  # a task held before them goes first
                 self._send_frames(protocol.encode_batch(Msg.SUBMIT, [
-                    (future._tid, int(Flags.CHUNK), frames)
+                    (future._tid, int(self.chunk_flags), frames)
                     for future, (frames, _) in zip(futures, pickled)]))
             except BaseException:
                 for future in futures:
@@ -686,15 +712,25 @@ class Client:
                 self._drive_lock.release()
 
     def _read(self, timeout: float) -> None:
-        if not self.sock.poll(timeout * 1000):
+        if self._poller is None:
+            if self.sock.poll(timeout * 1000):
+                self._handle_all(self.sock, self._handlers)
             return
+        for sock, _ in self._poller.poll(timeout * 1000):
+            if sock is self.sock:
+                self._handle_all(sock, self._handlers)
+            else:  # outcomes from workers, and nothing else
+                self._handle_all(sock, self._outcome_handlers)
+
+    def _handle_all(self, sock: zmq.Socket, handlers: dict) -> None:
+        """Handle every message waiting on ``sock``."""
         while True:
-            frames = transport.recv_message(self.sock)
+            frames = transport.recv_message(sock)
             if frames is None:
                 return
             try:
                 msg = protocol.decode(frames)
-                handler = self._handlers.get(msg.type)
+                handler = handlers.get(msg.type)
                 if handler is None:
                     raise ProtocolError(f"{self.role.value} got {msg.type.name}")
             except ProtocolError as exc:

@@ -1,5 +1,7 @@
 """The broker's endpoint for a run on this machine alone: a Unix socket in a
 private folder, bound and listening before any process of the run starts.
+The origin binds a second one there, for the outcomes workers send straight
+to it (``outcomes_endpoint``).
 
 The launcher binds it and hands the listening descriptor to the broker
 (ZeroMQ's ``ZMQ_USE_FD``), so the endpoint is known at once: the workers and
@@ -22,6 +24,7 @@ import socket
 
 PREFIX = "scoop_rt-"
 SOCKET_NAME = "broker"
+OUTCOMES_NAME = "origin"
 # sockaddr_un holds 108 bytes with the final NUL; a longer TMPDIR gets TCP.
 _MAX_PATH = 107
 _BACKLOG = 4096  # hundreds of workers connect at once, three sockets each
@@ -36,6 +39,11 @@ class LocalEndpoint:
         self.endpoint = "ipc://" + self.path
         self.sock: socket.socket | None = sock
         self.fd = sock.fileno()  # the same number in the broker (pass_fds)
+
+    @property
+    def outcomes_endpoint(self) -> str:
+        """Where the origin binds its socket for outcomes (``protocol``)."""
+        return "ipc://" + os.path.join(self.folder, OUTCOMES_NAME)
 
     def close_listener(self) -> None:
         """Close this process's copy of the socket (the broker has its own)."""
@@ -98,7 +106,8 @@ def remove(endpoint: str) -> None:
     if (os.path.basename(path) != SOCKET_NAME
             or not os.path.basename(folder).startswith(PREFIX)):
         return
-    for remove_one, name in ((os.unlink, path), (os.rmdir, folder)):
+    outcomes = os.path.join(folder, OUTCOMES_NAME)  # (left if the origin was killed)
+    for remove_one, name in ((os.unlink, path), (os.unlink, outcomes), (os.rmdir, folder)):
         try:
             remove_one(name)
         except FileNotFoundError:

@@ -49,6 +49,8 @@ class OriginClient(Client):
         # task goes to the hosts it was given, whatever they have that the
         # submit host lacks.
         self._may_run_here = self.config.run_in_origin and bool(boot.get("local"))
+        if self.outcomes_endpoint:
+            self.open_outcomes()
 
     def may_hold(self, chunk: bool) -> bool:
         # A map's chunk too: only a map of one chunk waits on its newest.

@@ -17,9 +17,11 @@ Who sends what:
     WELCOME    broker -> client          size                           -
     REFUSED    broker -> client          reason                         -
     SUBMIT     client -> broker          index, heads                   the tasks' buffers
-    TASK       broker -> worker          index, heads                   the tasks' buffers
+    TASK       broker -> worker          index, heads, reply_to         the tasks' buffers
     RESULT     worker -> broker          index, heads                   the outcomes' buffers
     RESULT     broker -> submitter       index, heads                   the outcomes' buffers
+    RESULT     worker -> origin          index, heads                   the outcomes' buffers
+                 (direct, see below)
     WAITING    worker -> broker          -                              -
     RESUMED    worker -> broker          -                              -
     PROBE      client -> broker          tid (the client's), cancel     -
@@ -44,6 +46,15 @@ frames are the other frames (large buffers), task after task
 client's own; a TASK's and a RESULT-from-a-worker's are the broker's. Sending
 many small tasks in one message is what lets one broker serve a thousand
 workers: its cost is per message far more than per byte.
+
+On a run local to one machine, the origin marks its maps' chunks ``DIRECT``:
+their outcomes skip the broker. A TASK's ``reply_to`` holds, for each of its
+tasks, the submitter's tid for a DIRECT one (-1 for the others); the worker
+sends that outcome straight to the origin's own socket (a RESULT with the
+origin's tid), then tells the broker the task is done with a RESULT entry of
+status ``DELIVERED`` and no payload, batched with its other outcomes. Relaying
+a map's values cost the broker a wake-up per chunk while the workers
+computed, on the cores they computed on.
 
 ``WAITING``/``RESUMED`` tell the broker that a worker's running task blocked
 on futures of its own (so the worker can take one more task meanwhile) and
@@ -75,7 +86,7 @@ import struct
 from collections import namedtuple
 from typing import Any, NamedTuple, Sequence
 
-VERSION = 3
+VERSION = 4
 
 HEARTBEAT_SUFFIX = b"!hb"
 SEND_SUFFIX = b"!tx"
@@ -115,6 +126,7 @@ class Status(enum.IntEnum):
     ERROR = 1       # payload: a pickled exception (see serialization)
     CANCELLED = 2   # no payload: the broker dropped the task before it ran
     LOST = 3        # payload: an exception made by the broker's side
+    DELIVERED = 4   # no payload: the outcome went straight to the origin
 
 
 class TaskState(enum.IntEnum):
@@ -139,6 +151,7 @@ class Flags(enum.IntFlag):
     NO_RETRY = 1    # the task must not run twice: fail it if its worker dies
     CHUNK = 2       # a chunk of a map: nobody cancels it alone, so one may
                     # wait at a worker, ready, even while the queue is short
+    DIRECT = 4      # its outcome goes straight to the origin (a local run)
 
 
 # Field codecs: how one field becomes one frame and back.
@@ -188,7 +201,7 @@ SCHEMA: dict[Msg, tuple[tuple[str, tuple], ...]] = {
     Msg.WELCOME: (("size", INT),),
     Msg.REFUSED: (("reason", STR),),
     Msg.SUBMIT: (("index", INTS), ("heads", BYTES)),
-    Msg.TASK: (("index", INTS), ("heads", BYTES)),
+    Msg.TASK: (("index", INTS), ("heads", BYTES), ("reply_to", INTS)),
     Msg.RESULT: (("index", INTS), ("heads", BYTES)),
     Msg.WAITING: (),
     Msg.RESUMED: (),
@@ -238,9 +251,10 @@ def encode(msg_type: Msg, *fields: Any, payload: Sequence = ()) -> list:
 BATCHES = frozenset({Msg.SUBMIT, Msg.TASK, Msg.RESULT})
 
 
-def encode_batch(msg_type: Msg, entries: Sequence[tuple]) -> list:
+def encode_batch(msg_type: Msg, entries: Sequence[tuple], *fields: Any) -> list:
     """Frames for a SUBMIT, TASK or RESULT carrying ``entries``, each
-    ``(tid, flags or status, payload frames)``.
+    ``(tid, flags or status, payload frames)``; ``fields`` are the type's
+    fields after ``index`` and ``heads`` (a TASK's ``reply_to``).
 
     The first frame of every entry (a task's or outcome's pickle, small as a
     rule) goes into one ``heads`` frame; the others (large buffers) follow
@@ -257,7 +271,7 @@ def encode_batch(msg_type: Msg, entries: Sequence[tuple]) -> list:
             rest += frames[1:]
         else:
             index += (tid, value, 0, 0)
-    return encode(msg_type, index, b"".join(heads), payload=rest)
+    return encode(msg_type, index, b"".join(heads), *fields, payload=rest)
 
 
 def split_batch(msg: "Message") -> list:
@@ -335,6 +349,9 @@ def decode(frames: Sequence) -> Message:
               for (_, codec), frame in zip(spec, frames[1:n])]
     if msg_type in BATCHES:
         _check_batch(msg_type, values[0], len(values[1]), len(frames) - n)
+        if msg_type == Msg.TASK and len(values[2]) * 4 != len(values[0]):
+            raise ProtocolError(f"TASK has {len(values[2])} reply_to tids for "
+                                f"{len(values[0]) // 4} tasks")
     return Message(msg_type, FIELDS[msg_type](*values), list(frames[n:]))
 
 

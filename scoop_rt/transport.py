@@ -40,12 +40,13 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks (RFC 27)
 
 
 class _OnlyRunClients(threading.Thread):
-    """The broker's ZAP handler: admits a CURVE client presenting the run's
-    client key, and nothing else.
+    """A ZAP handler (the broker's, and the origin's for the outcomes sent
+    straight to it): admits a CURVE client presenting the run's client key,
+    and nothing else.
 
     pyzmq's ``zmq.auth.thread`` does the same, but imports asyncio to do it,
     which took more of a broker's start-up than everything else it does. The
-    handler's socket is bound here, before the broker's socket exists, so no
+    handler's socket is bound here, before the socket it checks exists, so no
     connection is ever accepted without the check; it answers on its own
     thread, and leaves when the context is terminated.
     """
@@ -205,6 +206,38 @@ def connect_dealer(ctx: zmq.Context, endpoint: str, keys: dict | None,
     sock.identity = identity
     if keys:
         sock.curve_serverkey = keys["server_public"].encode()
+        sock.curve_publickey = keys["client_public"].encode()
+        sock.curve_secretkey = keys["client_secret"].encode()
+    sock.connect(endpoint)
+    return sock
+
+
+def bind_outcomes(ctx: zmq.Context, endpoint: str, keys: dict | None) -> zmq.Socket:
+    """The origin's PULL socket for the outcomes workers send straight to
+    it (a local run's maps, see ``protocol``), bound at ``endpoint``.
+
+    Secured as the broker's is, with the run's client key pair standing as
+    the server's: a worker has those keys, and the key check admits only
+    the run's client key. Clients never get the broker's secret key."""
+    sock = ctx.socket(zmq.PULL)
+    _tune(sock)
+    if keys:
+        auth = _OnlyRunClients(ctx, keys["client_public"])
+        with stop_signals_held():  # the thread keeps them blocked
+            auth.start()
+        sock.curve_server = True
+        sock.curve_publickey = keys["client_public"].encode()
+        sock.curve_secretkey = keys["client_secret"].encode()
+    sock.bind(endpoint)
+    return sock
+
+
+def connect_outcomes(ctx: zmq.Context, endpoint: str, keys: dict | None) -> zmq.Socket:
+    """A worker's PUSH socket to the origin's ``bind_outcomes`` socket."""
+    sock = ctx.socket(zmq.PUSH)
+    _tune(sock)
+    if keys:
+        sock.curve_serverkey = keys["client_public"].encode()
         sock.curve_publickey = keys["client_public"].encode()
         sock.curve_secretkey = keys["client_secret"].encode()
     sock.connect(endpoint)

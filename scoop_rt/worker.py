@@ -18,11 +18,11 @@ import threading
 import time
 from collections import deque
 
-from . import bootstrap, protocol, runtime, serialization
+from . import bootstrap, protocol, runtime, serialization, transport
 from .config import Config
 from .client import Client, log
 from .exits import exit_now
-from .protocol import Flags, Msg, Role
+from .protocol import Flags, Msg, Role, Status
 
 # Nested tasks run on the stack of the tasks that wait under them: give the
 # serving thread a deep stack and Python a matching recursion limit.
@@ -60,7 +60,8 @@ class WorkerClient(Client):
         self._running_since: float | None = None  # the running task's start
         self._waits: list = []  # _running_since of each wait under way
         self._serving = threading.get_ident()
-        # (tid, flags, frames) handed to this worker and not started yet.
+        # (tid, flags, frames, reply_to) handed to this worker and not
+        # started yet (reply_to: the origin's tid for a DIRECT task).
         # The serving thread takes them and the heartbeat thread may give
         # them back (send_due), each with popleft(), which is thread-safe:
         # every task goes one way.
@@ -106,7 +107,9 @@ class WorkerClient(Client):
             self._running_from(time.monotonic())
 
     def on_task(self, msg) -> None:
-        self._inbox.extend(protocol.split_batch(msg))
+        self._inbox.extend(
+            (tid, flags, frames, reply_to) for (tid, flags, frames), reply_to
+            in zip(protocol.split_batch(msg), msg.fields.reply_to))
         while self.run_queued():
             pass
 
@@ -118,7 +121,7 @@ class WorkerClient(Client):
         if threading.get_ident() != self._serving:
             return False
         try:
-            tid, flags, frames = self._inbox.popleft()
+            tid, flags, frames, reply_to = self._inbox.popleft()
         except IndexError:
             return False
         started = time.monotonic()
@@ -133,13 +136,28 @@ class WorkerClient(Client):
         self._tune_prefetch(time.monotonic() - started)
         # The last outcome of a batch goes at once, with those before it; so
         # do a map's chunk (its values are awaited in order, and are many)
-        # and outcomes that have waited RESULT_WAIT for company.
-        at_once = not self._inbox or flags & Flags.CHUNK
+        # and outcomes that have waited RESULT_WAIT for company. A DIRECT
+        # chunk's goes to the origin at once, and the broker only needs to
+        # know it is done: that waits for company as other outcomes do.
+        if flags & Flags.DIRECT and self.outcomes_endpoint:
+            self.send_outcome(reply_to, status, outcome)
+            status, outcome, at_once = Status.DELIVERED, [], not self._inbox
+        else:
+            at_once = not self._inbox or flags & Flags.CHUNK
         self.queue(Msg.RESULT, (tid, int(status), outcome), at_once=at_once)
         since = self._batch_since
         if since is not None and (at_once or time.monotonic() - since >= RESULT_WAIT):
             self.flush()
         return True
+
+    def send_outcome(self, tid: int, status: Status, outcome: list) -> None:
+        """Send an outcome straight to the origin, as its task ``tid``
+        (serving thread only: the socket is this thread's alone)."""
+        if self._outcomes is None:
+            self._outcomes = transport.connect_outcomes(
+                self.ctx, self.outcomes_endpoint, self.keys)
+        transport.send_message(
+            self._outcomes, protocol.encode_batch(Msg.RESULT, [(tid, int(status), outcome)]))
 
     def _tune_prefetch(self, took: float) -> None:
         """Ask for tasks ahead while tasks are short, so none waits for the

@@ -120,6 +120,48 @@ def test_task_that_kills_every_worker_fails_alone(tmp_path):
     assert "tried 3 times" in lost and "killed by SIGKILL" in lost and "host" in lost
 
 
+def test_a_local_maps_values_do_not_wait_for_the_broker(tmp_path):
+    """On a run local to one machine, workers send a map's values straight to
+    the origin: a map whose chunks have reached their workers completes while
+    the broker is stopped (SIGSTOP), and the run ends as usual once it goes
+    on."""
+    go = tmp_path / "go"
+    path = script(tmp_path, f"""
+        import os, time
+        import psutil
+        from scoop_rt import futures
+
+        def after_go(go, x):
+            open(f"{{go}}.{{x}}", "w").close()  # started
+            deadline = time.monotonic() + 60
+            while not os.path.exists(go) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return 10 * x
+
+        def is_broker(p):
+            return "scoop_rt.broker" in p.name() + " ".join(p.cmdline())
+
+        if __name__ == "__main__":
+            go = {str(go)!r}
+            list(futures.map(abs, range(8)))  # the workers are up
+            broker = next(filter(is_broker, psutil.Process().parent().children()))
+            values = futures.map(after_go, [go, go], [1, 2], timeout=30)
+            deadline = time.monotonic() + 30
+            while not all(os.path.exists(f"{{go}}.{{x}}") for x in (1, 2)):
+                assert time.monotonic() < deadline, "the chunks never started"
+                time.sleep(0.01)
+            broker.suspend()
+            try:
+                open(go, "w").close()
+                print(list(values), broker.status(), flush=True)
+            finally:
+                broker.resume()
+    """)
+    proc = run("-n", 2, path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["[10, 20] stopped"], proc.stdout + proc.stderr
+
+
 def test_no_retry_option_fails_instead_of_running_twice(tmp_path):
     counter = tmp_path / "runs"
     path = script(tmp_path, f"""

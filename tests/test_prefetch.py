@@ -364,7 +364,8 @@ def test_each_chunk_outcome_leaves_the_worker_at_once():
         chunk = serialization.dump_chunk(time.sleep, [0.0002])
         sock.send_multipart([identity, *protocol.encode_batch(
             Msg.TASK, [(btid, 0, call) for btid in calls]
-            + [(btid, int(Flags.CHUNK), chunk) for btid in chunks])])
+            + [(btid, int(Flags.CHUNK), chunk) for btid in chunks],
+            [-1] * (len(calls) + len(chunks)))])
         sent = {btid: (0, call) for btid in calls}
         sent.update({btid: (int(Flags.CHUNK), chunk) for btid in chunks})
         messages = []
@@ -377,7 +378,8 @@ def test_each_chunk_outcome_leaves_the_worker_at_once():
                     messages.append([btid for btid, _, _ in protocol.split_batch(msg)])
                 elif msg.type == Msg.RETURN:  # a task ran past 10 ms: hand them back
                     sock.send_multipart([identity, *protocol.encode_batch(
-                        Msg.TASK, [(btid, *sent[btid]) for btid in msg.fields.tids])])
+                        Msg.TASK, [(btid, *sent[btid]) for btid in msg.fields.tids],
+                        [-1] * len(msg.fields.tids))])
         assert sorted(sum(messages, [])) == calls + chunks, messages
         assert all(len(set(got) & set(chunks)) == 1 for got in messages if set(got) & set(chunks)), messages
         assert max(len(set(got) & set(calls)) for got in messages) > 1, messages

@@ -17,7 +17,8 @@ def test_every_message_type_round_trips():
     samples = {protocol.INT: 2**40, protocol.STR: "héllo",
                protocol.INTS: [2**40, -1, 3, 6], protocol.BYTES: b"pickle"}
     for msg_type, spec in protocol.SCHEMA.items():
-        values = [samples[codec] for _, codec in spec]
+        # (a TASK's reply_to: one tid per task of its index)
+        values = [[5] if name == "reply_to" else samples[codec] for name, codec in spec]
         payload = [b"pickle", b"buffer"] if msg_type in protocol.PAYLOAD else []
         frames = protocol.encode(msg_type, *values, payload=payload)
         msg = protocol.decode(frames)
@@ -39,6 +40,15 @@ def test_batches_split_into_their_entries():
     assert msg.fields.index == [7, 0, 2, 4, 8, 1, 0, 0, 9, 0, 1, 3]
     assert msg.fields.heads == b"headone"
     assert protocol.split_batch(msg) == entries
+
+
+def test_a_task_batch_carries_whom_each_outcome_goes_to():
+    entries = [(7, int(protocol.Flags.DIRECT), [b"head"]), (8, 0, [b"one"])]
+    msg = protocol.decode(protocol.encode_batch(Msg.TASK, entries, [41, -1]))
+    assert msg.fields.reply_to == [41, -1]
+    assert protocol.split_batch(msg) == entries
+    with pytest.raises(ProtocolError, match="1 reply_to tids for 2 tasks"):
+        protocol.decode(protocol.encode_batch(Msg.TASK, entries, [41]))
 
 
 @pytest.mark.parametrize("index, heads, payload, words", [

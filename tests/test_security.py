@@ -76,8 +76,9 @@ ROGUE = textwrap.dedent("""\
     ctx = zmq.Context()
     replies = []
     for address in endpoints:
-        for curve in (False, True):
-            sock = ctx.socket(zmq.DEALER)
+        for curve, kind in ((False, zmq.DEALER), (True, zmq.DEALER),
+                            (False, zmq.PUSH), (True, zmq.PUSH)):
+            sock = ctx.socket(kind)
             sock.linger = 0
             if curve:  # a CURVE client with keys of its own making
                 server_public, _ = zmq.curve_keypair()
@@ -89,8 +90,10 @@ ROGUE = textwrap.dedent("""\
             for frames in script:
                 sock.send_multipart(frames)
             deadline = time.monotonic() + 0.5
-            while sock.poll(max(0, deadline - time.monotonic()) * 1000):
+            while kind == zmq.DEALER and sock.poll(max(0, deadline - time.monotonic()) * 1000):
                 replies.append(sock.recv_multipart())
+            if kind == zmq.PUSH:
+                time.sleep(0.2)  # time to be read, had it been let in
             sock.close()
         if address.startswith("tcp://"):
             host, port = address[len("tcp://"):].rsplit(":", 1)
@@ -196,7 +199,11 @@ def test_rogue_client_cannot_run_code_or_stop_the_run(shared_dir, user, transpor
             targets = ["tcp://127.0.0.1:%d" % port for port in ports]
         else:
             assert endpoint.startswith("ipc://") and not ports, (endpoint, ports)
-            targets = [endpoint]
+            # Beside the broker's: the origin's, for outcomes sent straight to it.
+            outcomes = os.path.join(os.path.dirname(endpoint[len("ipc://"):]),
+                                    ipc.OUTCOMES_NAME)
+            assert os.path.exists(outcomes), os.listdir(os.path.dirname(outcomes))
+            targets = [endpoint, "ipc://" + outcomes]
         argv = [sys.executable, rogue, marker, *targets]
         if user == "nobody":
             argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
@@ -244,6 +251,50 @@ def test_bad_port_range_is_one_line(tmp_path, value):
                            str(script)], capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "port range" in proc.stderr
+
+
+def test_outcomes_socket_admits_only_the_run_client_key():
+    """The origin's socket for the outcomes workers send straight to it
+    takes them from the run's client key only; with the run's server key
+    and a key of its own, a stranger is turned away."""
+    keys = transport.make_keys()
+    stranger = dict(transport.client_keys(keys))
+    public, secret = zmq.curve_keypair()
+    stranger.update(client_public=public.decode(), client_secret=secret.decode())
+    ctx = zmq.Context()
+    local = ipc.listen()
+    assert local is not None, "no Unix sockets here"
+    sock = transport.bind_outcomes(ctx, local.outcomes_endpoint, transport.client_keys(keys))
+    senders = []
+    try:
+        for text, client_keys in ((b"stranger", stranger),
+                                  (b"member", transport.client_keys(keys))):
+            sender = transport.connect_outcomes(ctx, local.outcomes_endpoint, client_keys)
+            sender.send(text)
+            senders.append(sender)
+        received = []
+        while sock.poll(1000):
+            received.append(sock.recv_multipart())
+        assert received == [[b"member"]]
+    finally:
+        for sender in senders:
+            sender.close(linger=0)
+        sock.close(linger=0)
+        ctx.term()
+        local.remove()
+    assert not os.path.exists(local.folder)
+
+
+def test_folder_goes_with_a_socket_the_origin_left_behind():
+    """A killed origin leaves its socket file; the run's folder goes anyway."""
+    import socket
+    local = ipc.listen()
+    assert local is not None, "no Unix sockets here"
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(local.outcomes_endpoint[len("ipc://"):])
+    left.close()  # the file stays, as after a kill
+    local.remove()
+    assert not os.path.exists(local.folder)
 
 
 @pytest.mark.parametrize("kind", ["tcp", "ipc"])

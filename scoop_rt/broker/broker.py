@@ -168,8 +168,9 @@ class Broker:
     def send(self, identity: bytes, msg_type: Msg, *fields, payload=()) -> None:
         self._send(identity, protocol.encode(msg_type, *fields, payload=payload))
 
-    def send_batch(self, identity: bytes, msg_type: Msg, entries: list) -> None:
-        self._send(identity, protocol.encode_batch(msg_type, entries))
+    def send_batch(self, identity: bytes, msg_type: Msg, entries: list,
+                   *fields) -> None:
+        self._send(identity, protocol.encode_batch(msg_type, entries, *fields))
 
     def _send(self, identity: bytes, frames: list) -> None:
         if identity in self.outcomes:  # what a peer is told stays in order
@@ -219,7 +220,11 @@ class Broker:
     def on_submit(self, identity: bytes, f, payload) -> None:
         msg = protocol.Message(Msg.SUBMIT, f, payload)
         none_left = self.no_workers_left()
+        # Only the origin has a socket for outcomes sent straight to it.
+        direct = self.peers[identity].role == Role.ORIGIN.value
         for tid, flags, frames in protocol.split_batch(msg):
+            if not direct:
+                flags &= ~int(Flags.DIRECT)
             btid = next(self._btids)
             self.tasks[btid] = Task(identity, tid, flags, frames)
             self.by_client[identity, tid] = btid
@@ -238,7 +243,8 @@ class Broker:
             if task is None:
                 continue  # cancelled, or already answered by another attempt
             self.by_client.pop((task.submitter, task.tid), None)
-            self.reply(task.submitter, (task.tid, status, frames))
+            if status != Status.DELIVERED:  # (else the submitter has it)
+                self.reply(task.submitter, (task.tid, status, frames))
         if slots is not None:
             self.workers.changed(identity)
 
@@ -351,6 +357,7 @@ class Broker:
             served.add(wid)
             share = min(workers.free(slots), even_share)
             entries = []
+            reply_to = []
             stalled = False
             while len(entries) < share:
                 btid = self._next_queued()
@@ -373,11 +380,12 @@ class Broker:
                 task.worker = wid
                 slots.running.add(btid)
                 entries.append((btid, task.flags, task.payload))
+                reply_to.append(task.tid if task.flags & Flags.DIRECT else -1)
                 if alone:
                     break
             workers.changed(wid)
             if entries:
-                self.send_batch(wid, Msg.TASK, entries)
+                self.send_batch(wid, Msg.TASK, entries, reply_to)
             if stalled:
                 return
 

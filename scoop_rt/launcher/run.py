@@ -164,12 +164,14 @@ class Run:
         return transport.client_keys(self.keys) if self.keys else None
 
     def _client_boot(self, endpoint: str, name: str, host: str | None = None) -> dict:
+        listener = self.local_endpoint
         return {"config": self.spec.config.to_dict(), "keys": self._client_keys(),
                 "endpoint": endpoint, "name": name, "size": self.spec.workers,
                 "script": self.spec.script, "argv": self.spec.argv,
                 "host": host or socket.gethostname(),
                 "broker_host": socket.gethostname(), "shm": self.shm_token,
-                "local": not self.remote}
+                "local": not self.remote,
+                "outcomes": listener.outcomes_endpoint if listener else None}
 
     def _broker_endpoint(self) -> str:
         """The endpoint the broker reports on its stdout once bound."""
