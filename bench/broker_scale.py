@@ -69,7 +69,7 @@ RESULT_PAYLOAD = b"done"    # as long as TASK_PAYLOAD: see driver()
 BATCH = 64                  # tasks per SUBMIT, as a real client's BATCH_MAX
 
 # Message headers, spelled by the protocol module once.
-TASK_HEAD = protocol.encode_batch(Msg.TASK, [])[0]
+TASK_HEAD = protocol.encode_batch(Msg.TASK, [], [])[0]
 RESULT_HEAD = protocol.encode_batch(Msg.RESULT, [])[0]
 
 PING = protocol.encode(Msg.PING)
@@ -184,7 +184,8 @@ def driver(conn, endpoint: str, keys: dict | None, index: int, names: list,
             if frames[0] == TASK_HEAD:
                 # Every task here has flags 0 and a payload of one frame of
                 # 4 bytes, and every outcome status OK (0) and one frame of 4
-                # bytes: the RESULT's index is the TASK's, byte for byte.
+                # bytes: the RESULT's index is the TASK's, byte for byte (its
+                # reply_to, frames[3], is all -1: the tasks are not DIRECT).
                 count = len(frames[1]) // 32  # 4 integers of 8 bytes a task
                 tx_of[sock].send_multipart(
                     [RESULT_HEAD, frames[1], RESULT_PAYLOAD * count])

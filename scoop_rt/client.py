@@ -284,12 +284,18 @@ class Client:
                                            protocol.sending_identity(self.identity))
         self._send_lock = threading.Lock()
         # On a run local to one machine, where a map's outcomes go straight
-        # to the origin (see protocol): the origin binds it, a worker
-        # connects to it when it first has such an outcome.
+        # to the origin (DIRECT, see protocol): the origin binds a socket
+        # there, which it reads with its main one; a worker connects to it
+        # when it first has such an outcome.
         self.outcomes_endpoint: str | None = boot.get("outcomes")
-        self._outcomes: zmq.Socket | None = None
-        self._poller: zmq.Poller | None = None  # both sockets, for the origin
+        self._outcomes_in: zmq.Socket | None = None
+        self._outcomes_out: zmq.Socket | None = None
+        self._poller: zmq.Poller | None = None
         self.chunk_flags = Flags.CHUNK  # a map's chunks, as submitted here
+        # The origin's tids whose DIRECT outcomes came in and that the broker
+        # has not been told of (RECEIVED), since when (under the send lock).
+        self._received: list = []
+        self._received_since: float | None = None
         # Entries waiting to go as one message, by type (under the send lock).
         self._batches: dict[Msg, list] = {Msg.SUBMIT: [], Msg.RESULT: []}
         self._batch_bytes = 0
@@ -320,6 +326,7 @@ class Client:
             Msg.REFUSED: self.on_refused,
             Msg.SHUTDOWN: self.on_shutdown,
         }
+        self._direct_handlers = {Msg.RESULT: self.on_direct_result}
         self.heartbeat = Heartbeat(self)
 
     # -- life cycle ---------------------------------------------------------
@@ -344,13 +351,12 @@ class Client:
         try:
             sock = transport.bind_outcomes(self.ctx, self.outcomes_endpoint, self.keys)
         except zmq.ZMQError as exc:
-            log.debug("%s: outcomes come through the broker (%s)", self.name, exc)
+            log.debug("%s: outcomes come through the broker (%s)", self.name, str(exc))
             return
-        self._outcomes = sock
-        self._outcome_handlers = {Msg.RESULT: self.on_result}
+        self._outcomes_in = sock
         self._poller = zmq.Poller()
-        self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self.sock, zmq.POLLIN)
         self.chunk_flags = Flags.CHUNK | Flags.DIRECT
 
     def close(self) -> None:
@@ -361,8 +367,10 @@ class Client:
             self.heartbeat.stop()
         self.tx.close(linger=1000)
         self.sock.close(linger=0)
-        if self._outcomes is not None:
-            self._outcomes.close(linger=1000)
+        if self._outcomes_out is not None:
+            self._outcomes_out.close(linger=1000)
+        if self._outcomes_in is not None:
+            self._outcomes_in.close(linger=0)
         self.ctx.term()
 
     def on_run_over(self, reason: str) -> None:
@@ -415,7 +423,7 @@ class Client:
                 self._flush_locked()
 
     def _flush_locked(self) -> None:
-        if self._batch_since is None:
+        if self._batch_since is None and not self._received:
             return
         # Stop signals wait until every batch has gone and is forgotten: one
         # raised in between would lose a batch, or send it again next time.
@@ -426,14 +434,18 @@ class Client:
                     batch.clear()
             self._batch_bytes = 0
             self._batch_since = None
+            if self._received:
+                transport.send_message(self.tx, protocol.encode(Msg.RECEIVED, self._received))
+                self._received = []
+                self._received_since = None
 
     def due_in(self) -> float | None:
         """Seconds until something waiting must be sent, or None."""
         now = time.monotonic()
         dues = []
-        since = self._batch_since
-        if since is not None:
-            dues.append(since + BATCH_DELAY - now)
+        for since in (self._batch_since, self._received_since):
+            if since is not None:
+                dues.append(since + BATCH_DELAY - now)
         held = self._held
         if held is not None:
             dues.append(held.since + HOLD_LIMIT - now)
@@ -446,6 +458,10 @@ class Client:
         since = self._batch_since
         if since is not None and time.monotonic() - since >= BATCH_DELAY:
             self.flush()
+        since = self._received_since
+        if since is not None and time.monotonic() - since >= BATCH_DELAY:
+            with self._send_lock:
+                self._flush_locked()
 
     def submit_call(self, fn: Callable, args: Sequence, kwargs: dict,
                     flags: Flags = Flags.NONE) -> Future:
@@ -716,11 +732,13 @@ class Client:
             if self.sock.poll(timeout * 1000):
                 self._handle_all(self.sock, self._handlers)
             return
-        for sock, _ in self._poller.poll(timeout * 1000):
-            if sock is self.sock:
-                self._handle_all(sock, self._handlers)
-            else:  # outcomes from workers, and nothing else
-                self._handle_all(sock, self._outcome_handlers)
+        # Outcomes from workers first: one that arrived before the broker
+        # gave up on its task (its worker lost) is the task's outcome.
+        ready = dict(self._poller.poll(timeout * 1000))
+        if self._outcomes_in in ready:
+            self._handle_all(self._outcomes_in, self._direct_handlers)
+        if self.sock in ready:
+            self._handle_all(self.sock, self._handlers)
 
     def _handle_all(self, sock: zmq.Socket, handlers: dict) -> None:
         """Handle every message waiting on ``sock``."""
@@ -739,6 +757,21 @@ class Client:
             handler(msg)
 
     # -- handlers -------------------------------------------------------------
+
+    def on_direct_result(self, msg: protocol.Message) -> None:
+        """Outcomes a worker sent straight here (DIRECT): taken as any
+        other, and the broker told (RECEIVED) with the next message sent to
+        it, or by the heartbeat thread within BATCH_DELAY: not at each one,
+        which would wake it as often as relaying them did."""
+        tids = [tid for tid, _, _ in protocol.split_batch(msg)]
+        with self._send_lock:
+            first = not self._received
+            self._received += tids
+            if first:
+                self._received_since = time.monotonic()
+        if first:
+            self.heartbeat.wake_by(self._received_since + BATCH_DELAY)
+        self.on_result(msg)
 
     def on_result(self, msg: protocol.Message) -> None:
         for tid, status, frames in protocol.split_batch(msg):

@@ -106,7 +106,7 @@ def remove(endpoint: str) -> None:
     if (os.path.basename(path) != SOCKET_NAME
             or not os.path.basename(folder).startswith(PREFIX)):
         return
-    outcomes = os.path.join(folder, OUTCOMES_NAME)  # (left if the origin was killed)
+    outcomes = os.path.join(folder, OUTCOMES_NAME)  # (ZeroMQ leaves the origin's)
     for remove_one, name in ((os.unlink, path), (os.unlink, outcomes), (os.rmdir, folder)):
         try:
             remove_one(name)

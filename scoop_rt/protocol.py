@@ -21,7 +21,8 @@ Who sends what:
     RESULT     worker -> broker          index, heads                   the outcomes' buffers
     RESULT     broker -> submitter       index, heads                   the outcomes' buffers
     RESULT     worker -> origin          index, heads                   the outcomes' buffers
-                 (direct, see below)
+                 (DIRECT ones, on the origin's own socket: see below)
+    RECEIVED   origin -> broker          tids (the origin's)            -
     WAITING    worker -> broker          -                              -
     RESUMED    worker -> broker          -                              -
     PROBE      client -> broker          tid (the client's), cancel     -
@@ -50,11 +51,14 @@ workers: its cost is per message far more than per byte.
 On a run local to one machine, the origin marks its maps' chunks ``DIRECT``:
 their outcomes skip the broker. A TASK's ``reply_to`` holds, for each of its
 tasks, the submitter's tid for a DIRECT one (-1 for the others); the worker
-sends that outcome straight to the origin's own socket (a RESULT with the
-origin's tid), then tells the broker the task is done with a RESULT entry of
-status ``DELIVERED`` and no payload, batched with its other outcomes. Relaying
-a map's values cost the broker a wake-up per chunk while the workers
-computed, on the cores they computed on.
+sends that outcome straight to the origin's own socket, as a RESULT with the
+origin's tid, and tells the broker with a RESULT entry of status DELIVERED
+and no payload, batched as its other outcomes are: its slot is free. The
+origin, once it has read them, tells the broker with RECEIVED, and the
+broker forgets those tasks. Until then it keeps them, as its worker's: a
+worker lost before its outcome left (ZeroMQ had queued it) has them run
+elsewhere, and a PROBE finds them pending, never done before the origin has
+their values.
 
 ``WAITING``/``RESUMED`` tell the broker that a worker's running task blocked
 on futures of its own (so the worker can take one more task meanwhile) and
@@ -117,6 +121,7 @@ class Msg(enum.IntEnum):
     CREDIT = 18
     NOTICE = 19
     RETURN = 20
+    RECEIVED = 21
 
 
 class Status(enum.IntEnum):
@@ -126,7 +131,7 @@ class Status(enum.IntEnum):
     ERROR = 1       # payload: a pickled exception (see serialization)
     CANCELLED = 2   # no payload: the broker dropped the task before it ran
     LOST = 3        # payload: an exception made by the broker's side
-    DELIVERED = 4   # no payload: the outcome went straight to the origin
+    DELIVERED = 4   # no payload: sent straight to the origin (DIRECT)
 
 
 class TaskState(enum.IntEnum):
@@ -217,6 +222,7 @@ SCHEMA: dict[Msg, tuple[tuple[str, tuple], ...]] = {
     Msg.CREDIT: (("extra", INT),),
     Msg.NOTICE: (("text", STR),),
     Msg.RETURN: (("tids", INTS),),
+    Msg.RECEIVED: (("tids", INTS),),
 }
 
 PAYLOAD = frozenset({Msg.SUBMIT, Msg.TASK, Msg.RESULT, Msg.SETCONST, Msg.CONST})
@@ -259,7 +265,8 @@ def encode_batch(msg_type: Msg, entries: Sequence[tuple], *fields: Any) -> list:
     The first frame of every entry (a task's or outcome's pickle, small as a
     rule) goes into one ``heads`` frame; the others (large buffers) follow
     as frames of their own. Each frame costs every hop a send, a receive and,
-    with CURVE, an encryption: a batch of small tasks now costs three."""
+    with CURVE, an encryption: a batch of small tasks now costs three (four
+    for a TASK, with its ``reply_to``)."""
     index: list = []
     heads: list = []
     rest: list = []

@@ -180,12 +180,8 @@ def bind_router(ctx: zmq.Context, host: str, keys: dict | None,
     sock.backlog = 4096
     auth = None
     if keys:
-        auth = _OnlyRunClients(ctx, keys["client_public"])
-        with stop_signals_held():  # the thread keeps them blocked
-            auth.start()
-        sock.curve_server = True
-        sock.curve_publickey = keys["server_public"].encode()
-        sock.curve_secretkey = keys["server_secret"].encode()
+        auth = _serve_curve(ctx, sock, keys["server_public"], keys["server_secret"],
+                            keys["client_public"])
     if listen_fd is not None:
         sock.use_fd = listen_fd
         sock.bind(host)
@@ -205,9 +201,7 @@ def connect_dealer(ctx: zmq.Context, endpoint: str, keys: dict | None,
     _tune(sock)
     sock.identity = identity
     if keys:
-        sock.curve_serverkey = keys["server_public"].encode()
-        sock.curve_publickey = keys["client_public"].encode()
-        sock.curve_secretkey = keys["client_secret"].encode()
+        _use_curve(sock, keys["server_public"], keys)
     sock.connect(endpoint)
     return sock
 
@@ -221,14 +215,14 @@ def bind_outcomes(ctx: zmq.Context, endpoint: str, keys: dict | None) -> zmq.Soc
     the run's client key. Clients never get the broker's secret key."""
     sock = ctx.socket(zmq.PULL)
     _tune(sock)
-    if keys:
-        auth = _OnlyRunClients(ctx, keys["client_public"])
-        with stop_signals_held():  # the thread keeps them blocked
-            auth.start()
-        sock.curve_server = True
-        sock.curve_publickey = keys["client_public"].encode()
-        sock.curve_secretkey = keys["client_secret"].encode()
-    sock.bind(endpoint)
+    try:
+        if keys:
+            _serve_curve(ctx, sock, keys["client_public"], keys["client_secret"],
+                         keys["client_public"])
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close(linger=0)  # (an open socket would keep ctx.term() waiting)
+        raise
     return sock
 
 
@@ -237,11 +231,30 @@ def connect_outcomes(ctx: zmq.Context, endpoint: str, keys: dict | None) -> zmq.
     sock = ctx.socket(zmq.PUSH)
     _tune(sock)
     if keys:
-        sock.curve_serverkey = keys["client_public"].encode()
-        sock.curve_publickey = keys["client_public"].encode()
-        sock.curve_secretkey = keys["client_secret"].encode()
+        _use_curve(sock, keys["client_public"], keys)
     sock.connect(endpoint)
     return sock
+
+
+def _serve_curve(ctx: zmq.Context, sock: zmq.Socket, public: str, secret: str,
+                 client_public: str) -> "_OnlyRunClients":
+    """Make ``sock`` a CURVE server with the key pair ``public``/``secret``
+    that admits only ``client_public``: the key check starts first."""
+    auth = _OnlyRunClients(ctx, client_public)
+    with stop_signals_held():  # the thread keeps them blocked
+        auth.start()
+    sock.curve_server = True
+    sock.curve_publickey = public.encode()
+    sock.curve_secretkey = secret.encode()
+    return auth
+
+
+def _use_curve(sock: zmq.Socket, server_public: str, keys: dict) -> None:
+    """Make ``sock`` a CURVE client of the server ``server_public``, with
+    the run's client key pair."""
+    sock.curve_serverkey = server_public.encode()
+    sock.curve_publickey = keys["client_public"].encode()
+    sock.curve_secretkey = keys["client_secret"].encode()
 
 
 def connect_heartbeat(ctx: zmq.Context, endpoint: str, keys: dict | None,

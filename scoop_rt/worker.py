@@ -137,8 +137,8 @@ class WorkerClient(Client):
         # The last outcome of a batch goes at once, with those before it; so
         # do a map's chunk (its values are awaited in order, and are many)
         # and outcomes that have waited RESULT_WAIT for company. A DIRECT
-        # chunk's goes to the origin at once, and the broker only needs to
-        # know it is done: that waits for company as other outcomes do.
+        # chunk's goes straight to the origin, and the broker is told it
+        # went (DELIVERED) as other outcomes are.
         if flags & Flags.DIRECT and self.outcomes_endpoint:
             self.send_outcome(reply_to, status, outcome)
             status, outcome, at_once = Status.DELIVERED, [], not self._inbox
@@ -150,14 +150,14 @@ class WorkerClient(Client):
             self.flush()
         return True
 
-    def send_outcome(self, tid: int, status: Status, outcome: list) -> None:
+    def send_outcome(self, tid: int, status: int, outcome: list) -> None:
         """Send an outcome straight to the origin, as its task ``tid``
         (serving thread only: the socket is this thread's alone)."""
-        if self._outcomes is None:
-            self._outcomes = transport.connect_outcomes(
+        if self._outcomes_out is None:
+            self._outcomes_out = transport.connect_outcomes(
                 self.ctx, self.outcomes_endpoint, self.keys)
-        transport.send_message(
-            self._outcomes, protocol.encode_batch(Msg.RESULT, [(tid, int(status), outcome)]))
+        transport.send_message(self._outcomes_out, protocol.encode_batch(
+            Msg.RESULT, [(tid, int(status), outcome)]))
 
     def _tune_prefetch(self, took: float) -> None:
         """Ask for tasks ahead while tasks are short, so none waits for the

@@ -208,6 +208,61 @@ def test_outcomes_that_arrive_together_leave_together():
         assert len(outcomes) < count // 4, [len(got) for got in outcomes]
 
 
+def _task_at(workers):
+    """(index, TASK) of the one worker in ``workers`` (index: socket) that
+    is handed a task within a few seconds."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for i, sock in workers.items():
+            if sock.poll(50):
+                msg = protocol.decode(sock.recv_multipart())
+                if msg.type == Msg.TASK:
+                    assert not any(other.poll(300) for other in workers.values()), \
+                        "the task went to two workers"
+                    return i, msg
+    raise AssertionError("no worker got the task")
+
+
+def test_a_direct_task_is_the_brokers_until_the_origin_has_its_outcome():
+    """A map chunk whose outcome goes straight to the origin (DIRECT) names
+    the origin's tid in its TASK. Its worker says it sent the outcome
+    (DELIVERED), but until the origin says it has it (RECEIVED), the broker
+    keeps the task: its worker lost, it runs again elsewhere, since the
+    outcome may have died with it, still queued. Once told, the broker
+    forgets it: the next worker lost has nothing of it to re-run, and the
+    origin hears nothing more of it."""
+    with _workers_and_origin(credit=0, workers=3) as (socks, origin, (endpoint, keys)):
+        workers = dict(enumerate(socks))
+        ctx = zmq.Context()
+        watcher = _welcomed(ctx, endpoint, keys, b"watch", "watcher")
+        try:
+            def deliver_and_lose(i, task):
+                (btid, _, _), = protocol.split_batch(task)
+                workers[i].send_multipart(protocol.encode_batch(
+                    Msg.RESULT, [(btid, int(Status.DELIVERED), [])]))
+                time.sleep(0.3)
+                watcher.send_multipart(protocol.encode(Msg.GONE, "w%d" % i, "killed by the test"))
+                workers.pop(i).close(linger=0)
+
+            _submit(origin, 1, Flags.CHUNK | Flags.DIRECT)  # the origin's tid 0
+            first, task = _task_at(workers)
+            assert task.fields.reply_to == [0]
+            assert [flags for _, flags, _ in protocol.split_batch(task)] == [
+                int(Flags.CHUNK | Flags.DIRECT)]
+            deliver_and_lose(first, task)
+            second, task = _task_at(workers)  # run again elsewhere
+            assert task.fields.reply_to == [0]
+            origin.send_multipart(protocol.encode(Msg.RECEIVED, [0]))
+            time.sleep(0.3)
+            deliver_and_lose(second, task)
+            last, = workers.values()
+            assert not _tasks(last), "a task the origin had was run again"
+            assert not _tasks(origin, kind=Msg.RESULT)
+        finally:
+            watcher.close(linger=0)
+            ctx.term()
+
+
 def test_a_map_is_split_evenly_in_one_message_each():
     """Eight chunks, two workers that asked for tasks ahead: each gets four,
     in one message. (The queue was deep when they came; handing the first

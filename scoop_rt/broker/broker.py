@@ -90,6 +90,9 @@ class Broker:
         self.workers = Slots()
         self.tasks: dict[int, Task] = {}
         self.by_client: dict[tuple[bytes, int], int] = {}
+        # Tasks each worker sent straight to the origin (DIRECT) that the
+        # origin has not said it has (RECEIVED): run again if it is lost.
+        self.delivered: dict[bytes, set] = {}
         self.queue: deque[int] = deque()  # may hold entries of dropped tasks
         self.queued = 0  # live entries in ``queue``
         # Those that stay at the broker while the queue is short: all but
@@ -116,6 +119,7 @@ class Broker:
             Msg.GONE: self.on_gone,
             Msg.CREDIT: self.on_credit,
             Msg.RETURN: self.on_return,
+            Msg.RECEIVED: self.on_received,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -239,14 +243,34 @@ class Broker:
         for btid, status, frames in protocol.split_batch(msg):
             if slots is not None:
                 slots.running.discard(btid)
+            if status == Status.DELIVERED:
+                if btid in self.tasks:  # (until the origin has it)
+                    self.delivered.setdefault(identity, set()).add(btid)
+                continue
             task = self.drop(btid)
             if task is None:
                 continue  # cancelled, or already answered by another attempt
             self.by_client.pop((task.submitter, task.tid), None)
-            if status != Status.DELIVERED:  # (else the submitter has it)
-                self.reply(task.submitter, (task.tid, status, frames))
+            self.reply(task.submitter, (task.tid, status, frames))
         if slots is not None:
             self.workers.changed(identity)
+
+    def on_received(self, identity: bytes, f, payload) -> None:
+        """The origin has these tasks' outcomes, which their workers sent
+        straight to it (DIRECT): they are done. (Their workers may not have
+        said DELIVERED yet: their slots are free all the same.)"""
+        for tid in f.tids:
+            btid = self.by_client.get((identity, tid))
+            task = None if btid is None else self.tasks.get(btid)
+            if task is None or not task.flags & Flags.DIRECT:
+                continue  # done already (another attempt's), or not such a task
+            del self.by_client[identity, tid]
+            self.drop(btid)
+            self.delivered.get(task.worker, set()).discard(btid)
+            slots = self.workers.get(task.worker) if task.worker else None
+            if slots is not None and btid in slots.running:
+                slots.running.discard(btid)
+                self.workers.changed(task.worker)
 
     def on_waiting(self, identity: bytes, f, payload) -> None:
         slots = self.workers.get(identity)
@@ -449,7 +473,8 @@ class Broker:
             self.stop_reason = f"the origin is gone ({reason})"
             return
         slots = self.workers.remove(peer.identity)
-        held = sorted(slots.running) if slots else []
+        held = sorted((slots.running if slots else set())
+                      | self.delivered.pop(peer.identity, set()))
         for btid in reversed(held):  # each goes to the front: keep their order
             self.retry(btid, peer, reason)
         for key in [k for k in self.by_client if k[0] == peer.identity]:
