@@ -45,6 +45,9 @@ HOLD_LIMIT = 0.005  # longest a worker keeps a child to itself (see worker.py)
 BATCH_MAX = 64
 BATCH_BYTES = 1 << 20
 BATCH_DELAY = 0.002
+# The longest the origin keeps to itself that it has the outcomes workers
+# sent it straight (RECEIVED): the broker needs it only to forget their tasks.
+RECEIVED_WAIT = 0.05
 # A map's chunks that took this long to pickle leave without the rest.
 PICKLING_WAIT = 0.001
 SUBMIT_GAP = 0.001
@@ -443,9 +446,9 @@ class Client:
         """Seconds until something waiting must be sent, or None."""
         now = time.monotonic()
         dues = []
-        for since in (self._batch_since, self._received_since):
-            if since is not None:
-                dues.append(since + BATCH_DELAY - now)
+        since = self._batch_since
+        if since is not None:
+            dues.append(since + BATCH_DELAY - now)
         held = self._held
         if held is not None:
             dues.append(held.since + HOLD_LIMIT - now)
@@ -459,7 +462,7 @@ class Client:
         if since is not None and time.monotonic() - since >= BATCH_DELAY:
             self.flush()
         since = self._received_since
-        if since is not None and time.monotonic() - since >= BATCH_DELAY:
+        if since is not None and time.monotonic() - since >= RECEIVED_WAIT:
             with self._send_lock:
                 self._flush_locked()
 
@@ -760,17 +763,15 @@ class Client:
 
     def on_direct_result(self, msg: protocol.Message) -> None:
         """Outcomes a worker sent straight here (DIRECT): taken as any
-        other, and the broker told (RECEIVED) with the next message sent to
-        it, or by the heartbeat thread within BATCH_DELAY: not at each one,
-        which would wake it as often as relaying them did."""
+        other. The broker is told (RECEIVED) with the next message sent to
+        it, or by the heartbeat thread when it next wakes RECEIVED_WAIT
+        after the first: not at each outcome, nor by waking either of them,
+        which would cost what relaying the outcomes did."""
         tids = [tid for tid, _, _ in protocol.split_batch(msg)]
         with self._send_lock:
-            first = not self._received
-            self._received += tids
-            if first:
+            if not self._received:
                 self._received_since = time.monotonic()
-        if first:
-            self.heartbeat.wake_by(self._received_since + BATCH_DELAY)
+            self._received += tids
         self.on_result(msg)
 
     def on_result(self, msg: protocol.Message) -> None:

@@ -107,9 +107,15 @@ class WorkerClient(Client):
             self._running_from(time.monotonic())
 
     def on_task(self, msg) -> None:
+        replies = msg.fields.reply_to
+        if self._outcomes_out is None and self.outcomes_endpoint and max(replies, default=-1) >= 0:
+            # Connect as the first such task comes: the connection (and its
+            # key check, in the origin) is made while the task runs.
+            self._outcomes_out = transport.connect_outcomes(
+                self.ctx, self.outcomes_endpoint, self.keys)
         self._inbox.extend(
             (tid, flags, frames, reply_to) for (tid, flags, frames), reply_to
-            in zip(protocol.split_batch(msg), msg.fields.reply_to))
+            in zip(protocol.split_batch(msg), replies))
         while self.run_queued():
             pass
 
@@ -153,9 +159,6 @@ class WorkerClient(Client):
     def send_outcome(self, tid: int, status: int, outcome: list) -> None:
         """Send an outcome straight to the origin, as its task ``tid``
         (serving thread only: the socket is this thread's alone)."""
-        if self._outcomes_out is None:
-            self._outcomes_out = transport.connect_outcomes(
-                self.ctx, self.outcomes_endpoint, self.keys)
         transport.send_message(self._outcomes_out, protocol.encode_batch(
             Msg.RESULT, [(tid, int(status), outcome)]))
 
