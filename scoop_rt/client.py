@@ -289,7 +289,7 @@ class Client:
         # On a run local to one machine, where a map's outcomes go straight
         # to the origin (DIRECT, see protocol): the origin binds a socket
         # there, which it reads with its main one; a worker connects to it
-        # when it first has such an outcome.
+        # when the first task whose outcome goes there reaches it.
         self.outcomes_endpoint: str | None = boot.get("outcomes")
         self._outcomes_in: zmq.Socket | None = None
         self._outcomes_out: zmq.Socket | None = None
