@@ -144,8 +144,9 @@ class Future(cf.Future):
 class Heartbeat(threading.Thread):
     """Pings the broker from its own socket; ends the process when the broker
     is gone, or has ended the run while the main thread is too busy to leave;
-    sends batches that have waited ``BATCH_DELAY`` and a child that a busy
-    worker has held back for ``HOLD_LIMIT``.
+    sends batches that have waited ``BATCH_DELAY``, a child that a busy
+    worker has held back for ``HOLD_LIMIT``, and the origin's RECEIVED that
+    has waited ``RECEIVED_WAIT`` when it wakes.
 
     ``stop()`` wakes it at once through an in-process socket, so closing a
     client never waits out a heartbeat interval.
@@ -408,6 +409,7 @@ class Client:
                 if at_once:
                     transport.send_message(
                         self.tx, protocol.encode_batch(msg_type, [entry]))
+                    self._flush_locked()  # (RECEIVED, if any, goes along)
                     return
                 self._batch_since = time.monotonic()
                 nudge = self._batch_since + BATCH_DELAY

@@ -56,9 +56,10 @@ origin's tid, and tells the broker with a RESULT entry of status DELIVERED
 and no payload, batched as its other outcomes are: its slot is free. The
 origin, once it has read them, tells the broker with RECEIVED, and the
 broker forgets those tasks. Until then it keeps them, as its worker's: a
-worker lost before its outcome left (ZeroMQ had queued it) has them run
-elsewhere, and a PROBE finds them pending, never done before the origin has
-their values.
+worker lost before the broker has RECEIVED has them run again elsewhere
+(the outcome may have been lost with it, still queued; if it was not, the
+second is dropped), and a PROBE finds them running, never done before the
+origin has their values.
 
 ``WAITING``/``RESUMED`` tell the broker that a worker's running task blocked
 on futures of its own (so the worker can take one more task meanwhile) and

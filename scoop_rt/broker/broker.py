@@ -257,8 +257,9 @@ class Broker:
 
     def on_received(self, identity: bytes, f, payload) -> None:
         """The origin has these tasks' outcomes, which their workers sent
-        straight to it (DIRECT): they are done. (Their workers may not have
-        said DELIVERED yet: their slots are free all the same.)"""
+        straight to it (DIRECT): they are done. A worker's slot is freed by
+        its own DELIVERED, not here: one running the task again (its first
+        worker lost) is still busy with it."""
         for tid in f.tids:
             btid = self.by_client.get((identity, tid))
             task = None if btid is None else self.tasks.get(btid)
@@ -267,10 +268,6 @@ class Broker:
             del self.by_client[identity, tid]
             self.drop(btid)
             self.delivered.get(task.worker, set()).discard(btid)
-            slots = self.workers.get(task.worker) if task.worker else None
-            if slots is not None and btid in slots.running:
-                slots.running.discard(btid)
-                self.workers.changed(task.worker)
 
     def on_waiting(self, identity: bytes, f, payload) -> None:
         slots = self.workers.get(identity)
