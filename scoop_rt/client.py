@@ -769,15 +769,19 @@ class Client:
         it, or by the heartbeat thread when it next wakes RECEIVED_WAIT
         after the first: not at each outcome, nor by waking either of them,
         which would cost what relaying the outcomes did."""
-        tids = [tid for tid, _, _ in protocol.split_batch(msg)]
+        outcomes = protocol.split_batch(msg)
         with self._send_lock:
             if not self._received:
                 self._received_since = time.monotonic()
-            self._received += tids
-        self.on_result(msg)
+            self._received += [tid for tid, _, _ in outcomes]
+        self._settle_all(outcomes)
 
     def on_result(self, msg: protocol.Message) -> None:
-        for tid, status, frames in protocol.split_batch(msg):
+        self._settle_all(protocol.split_batch(msg))
+
+    def _settle_all(self, outcomes: list) -> None:
+        """Give each ``(tid, status, frames)`` to its future, if still wanted."""
+        for tid, status, frames in outcomes:
             future = self._futures.pop(tid, None)
             if future is None or future._settled():
                 # Cancelled here, or a stale copy of a re-run task.

@@ -145,7 +145,7 @@ class WorkerClient(Client):
         # and outcomes that have waited RESULT_WAIT for company. A DIRECT
         # chunk's goes straight to the origin, and the broker is told it
         # went (DELIVERED) as other outcomes are.
-        if flags & Flags.DIRECT and self.outcomes_endpoint:
+        if reply_to >= 0 and self._outcomes_out is not None:
             self.send_outcome(reply_to, status, outcome)
             status, outcome, at_once = Status.DELIVERED, [], not self._inbox
         else:
@@ -160,7 +160,7 @@ class WorkerClient(Client):
         """Send an outcome straight to the origin, as its task ``tid``
         (serving thread only: the socket is this thread's alone)."""
         transport.send_message(self._outcomes_out, protocol.encode_batch(
-            Msg.RESULT, [(tid, int(status), outcome)]))
+            Msg.RESULT, [(tid, status, outcome)]))
 
     def _tune_prefetch(self, took: float) -> None:
         """Ask for tasks ahead while tasks are short, so none waits for the
