@@ -292,8 +292,8 @@ class Client:
         # there, which it reads with its main one; a worker connects to it
         # when the first task whose outcome goes there reaches it.
         self.outcomes_endpoint: str | None = boot.get("outcomes")
-        self._outcomes_in: zmq.Socket | None = None
-        self._outcomes_out: zmq.Socket | None = None
+        self._outcomes_in: transport.OutcomesInbox | None = None
+        self._outcomes_out: transport.OutcomesOutbox | None = None
         self._poller: zmq.Poller | None = None
         self.chunk_flags = Flags.CHUNK  # a map's chunks, as submitted here
         # The origin's tids whose DIRECT outcomes came in and that the broker
@@ -353,13 +353,13 @@ class Client:
         are marked DIRECT, and waits read both sockets. If it cannot be
         bound, outcomes come through the broker, as on a cluster."""
         try:
-            sock = transport.bind_outcomes(self.ctx, self.outcomes_endpoint, self.keys)
-        except zmq.ZMQError as exc:
+            inbox = transport.OutcomesInbox(self.outcomes_endpoint, self.keys)
+        except OSError as exc:
             log.debug("%s: outcomes come through the broker (%s)", self.name, str(exc))
             return
-        self._outcomes_in = sock
+        self._outcomes_in = inbox
         self._poller = zmq.Poller()
-        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(inbox.fileno(), zmq.POLLIN)
         self._poller.register(self.sock, zmq.POLLIN)
         self.chunk_flags = Flags.CHUNK | Flags.DIRECT
 
@@ -372,9 +372,9 @@ class Client:
         self.tx.close(linger=1000)
         self.sock.close(linger=0)
         if self._outcomes_out is not None:
-            self._outcomes_out.close(linger=1000)
+            self._outcomes_out.close()
         if self._outcomes_in is not None:
-            self._outcomes_in.close(linger=0)
+            self._outcomes_in.close()
         self.ctx.term()
 
     def on_run_over(self, reason: str) -> None:
@@ -740,8 +740,9 @@ class Client:
         # Outcomes from workers first: one that arrived before the broker
         # gave up on its task (its worker lost) is the task's outcome.
         ready = dict(self._poller.poll(timeout * 1000))
-        if self._outcomes_in in ready:
-            self._handle_all(self._outcomes_in, self._direct_handlers)
+        if self._outcomes_in.fileno() in ready:
+            for frames in self._outcomes_in.read():
+                self._handle(frames, self._direct_handlers)
         if self.sock in ready:
             self._handle_all(self.sock, self._handlers)
 
@@ -751,15 +752,18 @@ class Client:
             frames = transport.recv_message(sock)
             if frames is None:
                 return
-            try:
-                msg = protocol.decode(frames)
-                handler = handlers.get(msg.type)
-                if handler is None:
-                    raise ProtocolError(f"{self.role.value} got {msg.type.name}")
-            except ProtocolError as exc:
-                log.warning("%s dropped a message: %s", self.name, exc)
-                continue
-            handler(msg)
+            self._handle(frames, handlers)
+
+    def _handle(self, frames: list, handlers: dict) -> None:
+        try:
+            msg = protocol.decode(frames)
+            handler = handlers.get(msg.type)
+            if handler is None:
+                raise ProtocolError(f"{self.role.value} got {msg.type.name}")
+        except ProtocolError as exc:
+            log.warning("%s dropped a message: %s", self.name, exc)
+            return
+        handler(msg)
 
     # -- handlers -------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The broker's endpoint for a run on this machine alone: a Unix socket in a
 private folder, bound and listening before any process of the run starts.
 The origin binds a second one there, for the outcomes workers send straight
-to it (``outcomes_endpoint``).
+to it (``outcomes_endpoint``, see ``transport.OutcomesInbox``).
 
 The launcher binds it and hands the listening descriptor to the broker
 (ZeroMQ's ``ZMQ_USE_FD``), so the endpoint is known at once: the workers and
@@ -96,17 +96,22 @@ def _private_folder() -> str:
         return folder
 
 
+def path_of(endpoint: str) -> str:
+    """The file of an ``ipc://`` endpoint."""
+    return endpoint[len("ipc://"):]
+
+
 def remove(endpoint: str) -> None:
     """Remove the socket and the folder of an endpoint made by ``listen``;
     anything else is left alone. Safe to call twice, and from two processes."""
     if not endpoint.startswith("ipc://"):
         return
-    path = endpoint[len("ipc://"):]
+    path = path_of(endpoint)
     folder = os.path.dirname(path)
     if (os.path.basename(path) != SOCKET_NAME
             or not os.path.basename(folder).startswith(PREFIX)):
         return
-    outcomes = os.path.join(folder, OUTCOMES_NAME)  # (ZeroMQ leaves the origin's)
+    outcomes = os.path.join(folder, OUTCOMES_NAME)  # (a closed socket leaves its file)
     for remove_one, name in ((os.unlink, path), (os.unlink, outcomes), (os.rmdir, folder)):
         try:
             remove_one(name)

@@ -75,6 +75,12 @@ heartbeat thread logs it at once, busy script or not. ``PROBE`` asks where a sub
 ``cancel`` set drops it if no worker has it yet. ``PING`` comes from a client's heartbeat socket,
 whose identity is the client's own plus ``HEARTBEAT_SUFFIX``.
 
+The origin's socket for DIRECT outcomes is a Unix ``SOCK_SEQPACKET``
+socket, not ZeroMQ (``transport.OutcomesInbox``): a worker's first record
+on it is the run's token, each later one a whole message, its frames end to
+end behind a head that says how many there are and how long each is
+(``record_head``, ``split_record``).
+
 A client has three sockets to the broker, told apart by identity suffix: its
 main one (``HELLO``, and every message the broker sends it), a sending one
 (``SEND_SUFFIX``: every other message it sends, from any of its threads,
@@ -91,7 +97,7 @@ import struct
 from collections import namedtuple
 from typing import Any, NamedTuple, Sequence
 
-VERSION = 4
+VERSION = 5
 
 HEARTBEAT_SUFFIX = b"!hb"
 SEND_SUFFIX = b"!tx"
@@ -385,3 +391,32 @@ def heartbeat_owner(identity: bytes) -> bytes | None:
     if identity.endswith(HEARTBEAT_SUFFIX):
         return identity[: -len(HEARTBEAT_SUFFIX)]
     return None
+
+
+_COUNT = struct.Struct("!I")
+
+
+def record_head(frames: Sequence) -> bytes:
+    """The head of the record carrying ``frames`` (sent before them)."""
+    sizes = [memoryview(frame).nbytes for frame in frames]
+    return struct.pack(f"!I{len(sizes)}I", len(sizes), *sizes)
+
+
+def split_record(record: memoryview) -> list:
+    """The frames of one record (``record_head`` and the frames), as bytes."""
+    if len(record) < _COUNT.size:
+        raise ProtocolError(f"a record of {len(record)} bytes has no head")
+    (count,) = _COUNT.unpack_from(record)
+    at = _COUNT.size + 4 * count
+    if at > len(record):
+        raise ProtocolError(f"a record of {len(record)} bytes cannot hold "
+                            f"{count} frame sizes")
+    sizes = struct.unpack_from(f"!{count}I", record, _COUNT.size)
+    if at + sum(sizes) != len(record):
+        raise ProtocolError(f"a record of {len(record)} bytes holds frames of "
+                            f"{sum(sizes)} bytes and a head of {at}")
+    frames = []
+    for size in sizes:
+        frames.append(bytes(record[at:at + size]))
+        at += size
+    return frames

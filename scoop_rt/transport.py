@@ -10,15 +10,27 @@ anything. The keys are made fresh for each run by ``make_keys``.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import hmac
+import logging
+import os
+import select
 import signal
+import socket
+import struct
 import threading
+import time
 from typing import Iterator
 
 import zmq
 from zmq.utils import z85
 
 from . import ipc
+from . import protocol
 from .protocol import heartbeat_identity
+
+log = logging.getLogger("scoop_rt")
 
 
 def make_keys() -> dict:
@@ -40,9 +52,8 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq asks (RFC 27)
 
 
 class _OnlyRunClients(threading.Thread):
-    """A ZAP handler (the broker's, and the origin's for the outcomes sent
-    straight to it): admits a CURVE client presenting the run's client key,
-    and nothing else.
+    """A ZAP handler (the broker's): admits a CURVE client presenting the
+    run's client key, and nothing else.
 
     pyzmq's ``zmq.auth.thread`` does the same, but imports asyncio to do it,
     which took more of a broker's start-up than everything else it does. The
@@ -206,36 +217,6 @@ def connect_dealer(ctx: zmq.Context, endpoint: str, keys: dict | None,
     return sock
 
 
-def bind_outcomes(ctx: zmq.Context, endpoint: str, keys: dict | None) -> zmq.Socket:
-    """The origin's PULL socket for the outcomes workers send straight to
-    it (a local run's maps, see ``protocol``), bound at ``endpoint``.
-
-    Secured as the broker's is, with the run's client key pair standing as
-    the server's: a worker has those keys, and the key check admits only
-    the run's client key. Clients never get the broker's secret key."""
-    sock = ctx.socket(zmq.PULL)
-    _tune(sock)
-    try:
-        if keys:
-            _serve_curve(ctx, sock, keys["client_public"], keys["client_secret"],
-                         keys["client_public"])
-        sock.bind(endpoint)
-    except zmq.ZMQError:
-        sock.close(linger=0)  # (an open socket would keep ctx.term() waiting)
-        raise
-    return sock
-
-
-def connect_outcomes(ctx: zmq.Context, endpoint: str, keys: dict | None) -> zmq.Socket:
-    """A worker's PUSH socket to the origin's ``bind_outcomes`` socket."""
-    sock = ctx.socket(zmq.PUSH)
-    _tune(sock)
-    if keys:
-        _use_curve(sock, keys["client_public"], keys)
-    sock.connect(endpoint)
-    return sock
-
-
 def _serve_curve(ctx: zmq.Context, sock: zmq.Socket, public: str, secret: str,
                  client_public: str) -> "_OnlyRunClients":
     """Make ``sock`` a CURVE server with the key pair ``public``/``secret``
@@ -261,3 +242,189 @@ def connect_heartbeat(ctx: zmq.Context, endpoint: str, keys: dict | None,
                       identity: bytes) -> zmq.Socket:
     """The heartbeat socket of the client whose main socket is ``identity``."""
     return connect_dealer(ctx, endpoint, keys, heartbeat_identity(identity))
+
+
+# -- the origin's socket for the outcomes workers send straight to it ------
+#
+# On a run local to one machine, a map's outcomes go from the workers to the
+# origin without the broker (DIRECT, see ``protocol``), on a Unix
+# SOCK_SEQPACKET socket in the run's 0700 folder rather than on ZeroMQ.
+# Each ZeroMQ message wakes the I/O thread of the process that sends it and
+# of the one that gets it; on two cores busy with a map, those wake-ups
+# took the place of the map's work. Here the worker's own send and the
+# origin's own read are the only steps, and a record is sent whole or not
+# at all, so a worker never blocks on it nor leaves half a message: a record
+# that does not fit (a busy origin, a large outcome) goes through the broker
+# as any outcome does.
+#
+# Security: ZeroMQ's CURVE would authenticate each connection and encrypt
+# it against whoever can see or alter the bytes on their way. A Unix socket
+# has no way in between: the kernel carries its records and says which user
+# is at the other end. So a connection is taken from this user only (the
+# folder's 0700 mode already stops the others; SO_PEERCRED is checked as
+# well), and only once its first record is the run's token, a MAC made with
+# the run's client secret key, which a process of the same user but of
+# another run, or of none, does not have. Records before that are dropped
+# with the connection.
+
+RECORD_MAX = 1 << 20  # larger outcomes go through the broker
+_PEER = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
+
+
+def _outcomes_token(endpoint: str, keys: dict | None) -> bytes:
+    """What a worker shows first on the origin's socket at ``endpoint``."""
+    secret = keys["client_secret"].encode() if keys else b""
+    return hmac.new(secret, b"scoop_rt outcomes " + endpoint.encode(),
+                    hashlib.sha256).digest()
+
+
+class OutcomesInbox:
+    """The origin's end: a listening socket and the workers' connections,
+    behind one epoll descriptor the origin waits on with its ZeroMQ socket."""
+
+    def __init__(self, endpoint: str, keys: dict | None):
+        self._token = _outcomes_token(endpoint, keys)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._listener.bind(ipc.path_of(endpoint))
+            self._listener.listen(4096)  # (128 workers connect at once)
+            self._listener.setblocking(False)
+            self._epoll = select.epoll()
+        except OSError:
+            self._listener.close()
+            raise
+        self._epoll.register(self._listener.fileno(), select.EPOLLIN)
+        self._conns: dict[int, socket.socket] = {}
+        self._trusted: set[int] = set()
+        self._buffer = bytearray(RECORD_MAX)
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def read(self) -> list:
+        """The frames of every message that has arrived (not waiting)."""
+        messages: list = []
+        for fd, _ in self._epoll.poll(0):
+            if fd == self._listener.fileno():
+                self._accept(messages)
+            elif fd in self._conns:
+                self._drain(self._conns[fd], messages)
+        return messages
+
+    def _accept(self, messages: list) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, say: it may retry
+                log.warning("outcomes socket: %s", exc)
+                return
+            _, uid, _ = _PEER.unpack(conn.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size))
+            if uid != os.geteuid():
+                log.warning("outcomes socket: refused a connection from uid %d", uid)
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self._conns[conn.fileno()] = conn
+            self._epoll.register(conn.fileno(), select.EPOLLIN)
+            self._drain(conn, messages)  # what it sent already
+
+    def _drain(self, conn: socket.socket, messages: list) -> None:
+        fd = conn.fileno()
+        view = memoryview(self._buffer)
+        while True:
+            try:
+                size, _, flags, _ = conn.recvmsg_into([self._buffer])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                size, flags = 0, 0
+            if size == 0:  # the worker is gone
+                self._drop(fd)
+                return
+            if fd not in self._trusted:
+                if flags & socket.MSG_TRUNC or not hmac.compare_digest(
+                        bytes(view[:size]), self._token):
+                    log.warning("outcomes socket: a connection without the run's "
+                                "token was closed")
+                    self._drop(fd)
+                    return
+                self._trusted.add(fd)
+                continue
+            try:
+                if flags & socket.MSG_TRUNC:
+                    raise protocol.ProtocolError(f"a record over {RECORD_MAX} bytes")
+                messages.append(protocol.split_record(view[:size]))
+            except protocol.ProtocolError as exc:
+                log.warning("outcomes socket: dropped a record: %s", exc)
+
+    def _drop(self, fd: int) -> None:
+        self._epoll.unregister(fd)
+        self._trusted.discard(fd)
+        self._conns.pop(fd).close()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+        self._epoll.close()
+        self._listener.close()
+
+
+class OutcomesOutbox:
+    """A worker's end: sends a message to the origin whole, at once, or not
+    at all (then the caller sends it through the broker)."""
+
+    RETRY = 1.0  # after a failed connect, seconds before the next try
+
+    def __init__(self, endpoint: str, keys: dict | None):
+        self._path = ipc.path_of(endpoint)
+        self._token = _outcomes_token(endpoint, keys)
+        self._sock: socket.socket | None = None
+        self._retry_at = 0.0
+
+    def send(self, frames: list) -> bool:
+        """Whether ``frames`` went, as one record."""
+        if self._sock is None and not self._connect():
+            return False
+        head = protocol.record_head(frames)
+        size = len(head) + sum(memoryview(f).nbytes for f in frames)
+        try:
+            if size > RECORD_MAX:
+                raise OSError(errno.EMSGSIZE, f"{size} bytes is over {RECORD_MAX}")
+            self._sock.sendmsg([head, *frames], (), socket.MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            log.debug("an outcome goes through the broker: the origin has not "
+                      "read those before it")
+            return False
+        except OSError as exc:
+            log.debug("an outcome goes through the broker: %s", exc)
+            if exc.errno != errno.EMSGSIZE:  # (larger than the socket takes)
+                self.close()  # the origin is gone
+            return False
+        return True
+
+    def _connect(self) -> bool:
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RECORD_MAX * 4)
+            sock.connect(self._path)
+            sock.send(self._token, socket.MSG_NOSIGNAL)
+        except OSError as exc:
+            sock.close()
+            self._retry_at = now + self.RETRY
+            log.debug("outcomes go through the broker for now (%s)", exc)
+            return False
+        self._sock = sock
+        return True
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -109,10 +109,7 @@ class WorkerClient(Client):
     def on_task(self, msg) -> None:
         replies = msg.fields.reply_to
         if self._outcomes_out is None and self.outcomes_endpoint and max(replies, default=-1) >= 0:
-            # Connect as the first such task comes: the connection (and its
-            # key check, in the origin) is made while the task runs.
-            self._outcomes_out = transport.connect_outcomes(
-                self.ctx, self.outcomes_endpoint, self.keys)
+            self._outcomes_out = transport.OutcomesOutbox(self.outcomes_endpoint, self.keys)
         self._inbox.extend(
             (tid, flags, frames, reply_to) for (tid, flags, frames), reply_to
             in zip(protocol.split_batch(msg), replies))
@@ -143,10 +140,10 @@ class WorkerClient(Client):
         # The last outcome of a batch goes at once, with those before it; so
         # do a map's chunk (its values are awaited in order, and are many)
         # and outcomes that have waited RESULT_WAIT for company. A DIRECT
-        # chunk's goes straight to the origin, and the broker is told it
-        # went (DELIVERED) as other outcomes are.
-        if reply_to >= 0 and self._outcomes_out is not None:
-            self.send_outcome(reply_to, status, outcome)
+        # chunk's goes straight to the origin if it can, and the broker is
+        # told it went (DELIVERED) as other outcomes are.
+        if reply_to >= 0 and self._outcomes_out is not None and self._outcomes_out.send(
+                protocol.encode_batch(Msg.RESULT, [(reply_to, status, outcome)])):
             status, outcome, at_once = Status.DELIVERED, [], not self._inbox
         else:
             at_once = not self._inbox or flags & Flags.CHUNK
@@ -155,12 +152,6 @@ class WorkerClient(Client):
         if since is not None and (at_once or time.monotonic() - since >= RESULT_WAIT):
             self.flush()
         return True
-
-    def send_outcome(self, tid: int, status: int, outcome: list) -> None:
-        """Send an outcome straight to the origin, as its task ``tid``
-        (serving thread only: the socket is this thread's alone)."""
-        transport.send_message(self._outcomes_out, protocol.encode_batch(
-            Msg.RESULT, [(tid, status, outcome)]))
 
     def _tune_prefetch(self, took: float) -> None:
         """Ask for tasks ahead while tasks are short, so none waits for the

@@ -162,6 +162,27 @@ def test_a_local_maps_values_do_not_wait_for_the_broker(tmp_path):
     assert proc.stdout.splitlines() == ["[10, 20] stopped"], proc.stdout + proc.stderr
 
 
+def test_a_local_maps_values_too_large_for_the_origins_socket_take_the_broker(tmp_path):
+    """A chunk's values over the origin's socket's largest record come
+    through the broker instead, whole and in order, next to chunks that
+    went straight."""
+    path = script(tmp_path, """
+        from scoop_rt import futures
+
+        def value(x):
+            return str(x % 10) * (1_100_000 if x % 4 == 0 else 10)
+
+        if __name__ == "__main__":
+            got = list(futures.map(value, range(16), chunksize=2))
+            print(got == [value(x) for x in range(16)])
+    """)
+    proc = run("-vv", "-n", 2, path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True"], proc.stdout + proc.stderr
+    # Chunks of two: those starting at a multiple of 4 hold over 1 MiB.
+    assert proc.stderr.count("goes through the broker") == 4, proc.stderr
+
+
 def test_no_retry_option_fails_instead_of_running_twice(tmp_path):
     counter = tmp_path / "runs"
     path = script(tmp_path, f"""

@@ -231,3 +231,44 @@ def test_a_stop_signal_handled_as_the_mask_changes_leaves_it_as_it_was(monkeypat
     finally:
         monkeypatch.undo()
     assert real(signal.SIG_BLOCK, ()) == before
+
+
+def test_a_record_carries_a_message_and_a_malformed_one_is_refused():
+    frames = [b"head", b"", b"x" * 1000]
+    record = protocol.record_head(frames) + b"".join(frames)
+    assert protocol.split_record(memoryview(record)) == frames
+    for bad, words in ((record[:3], "no head"), (record[:-1], "holds frames"),
+                       (record + b"!", "holds frames"),
+                       (b"\xff\xff\xff\xff" + b"\0" * 8, "cannot hold")):
+        with pytest.raises(ProtocolError, match=words):
+            protocol.split_record(memoryview(bad))
+
+
+def test_an_outcome_goes_whole_or_not_at_all_and_never_blocks(tmp_path):
+    """While the origin reads nothing, a worker's sends return at once, True
+    while the socket takes them, then False (the caller goes through the
+    broker); what went arrives whole and in order, and a record over the
+    largest goes not at all."""
+    endpoint = "ipc://" + str(tmp_path / "origin")
+    keys = transport.client_keys(transport.make_keys())
+    inbox = transport.OutcomesInbox(endpoint, keys)
+    outbox = transport.OutcomesOutbox(endpoint, keys)
+    try:
+        value = b"v" * 100_000
+        assert not outbox.send([b"x" * transport.RECORD_MAX])
+        sent = 0
+        started = time.monotonic()
+        while outbox.send([b"%d" % sent, value]):
+            sent += 1
+            assert sent < 10_000, "the socket never filled"
+        assert time.monotonic() - started < 30
+        assert sent > 0
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < sent and time.monotonic() < deadline:
+            got += inbox.read()
+        assert got == [[b"%d" % i, value] for i in range(sent)]
+        assert outbox.send([b"again", value])  # room again, once read
+    finally:
+        outbox.close()
+        inbox.close()

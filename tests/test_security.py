@@ -3,7 +3,9 @@ root and as an unprivileged user, must not run code, read results, set
 constants or stop the run; a local run listens on loopback only."""
 
 import os
+import select
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import psutil
 import pytest
 import zmq
 
-from scoop_rt import ipc, transport
+from scoop_rt import ipc, protocol, transport
 
 TIMEOUT = 60
 
@@ -97,18 +99,35 @@ ROGUE = textwrap.dedent("""\
             sock.close()
         if address.startswith("tcp://"):
             host, port = address[len("tcp://"):].rsplit(":", 1)
-            raw = socket.create_connection((host, int(port)), timeout=5)
+            raws = [socket.create_connection((host, int(port)), timeout=5)]
         else:
-            raw = socket.socket(socket.AF_UNIX)
-            try:
-                raw.connect(address[len("ipc://"):])
-            except PermissionError:
-                raw.close()
-                print("refused at", address)
-                continue
-        with raw:
-            raw.sendall(b"\\xff" * 64 + evil[0] * 10)
-            time.sleep(0.2)
+            # The origin's socket takes records (SOCK_SEQPACKET): a made-up
+            # token, then well-formed messages, as a worker would send them.
+            raws = []
+            for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+                raw = socket.socket(socket.AF_UNIX, kind)
+                try:
+                    raw.connect(address[len("ipc://"):])
+                except PermissionError:
+                    raw.close()
+                    print("refused at", address)
+                    break
+                except OSError:  # not this kind of socket
+                    raw.close()
+                    continue
+                raws.append(raw)
+        for raw in raws:
+            with raw:
+                try:
+                    if raw.type == socket.SOCK_SEQPACKET:
+                        print("records go to", address)
+                        raw.send(os.urandom(32))
+                        for frames in script:
+                            raw.send(protocol.record_head(frames) + b"".join(frames))
+                    raw.sendall(b"\\xff" * 64 + evil[0] * 10)
+                except OSError:  # turned away
+                    pass
+                time.sleep(0.2)
     if replies:
         print("GOT", len(replies), "REPLIES, first:", replies[0][:2])
         sys.exit(3)
@@ -214,6 +233,8 @@ def test_rogue_client_cannot_run_code_or_stop_the_run(shared_dir, user, transpor
         if transport == "ipc" and user == "nobody":
             # The socket's folder keeps other users from even connecting.
             assert "refused at" in attack.stdout, attack.stdout
+        elif transport == "ipc":
+            assert "records go to " + targets[1] in attack.stdout, attack.stdout
     finally:
         code, out, err = finish(proc, go_file)
     assert code == 0, err
@@ -253,44 +274,112 @@ def test_bad_port_range_is_one_line(tmp_path, value):
     assert proc.stderr.count("\n") == 1 and "port range" in proc.stderr
 
 
-def test_outcomes_socket_admits_only_the_run_client_key():
+def _read_inbox(inbox, until, timeout=5.0):
+    """Every message ``inbox`` reads until ``until(messages)`` holds."""
+    messages = []
+    deadline = time.monotonic() + timeout
+    while not until(messages) and time.monotonic() < deadline:
+        select.select([inbox], [], [], 0.05)
+        messages += inbox.read()
+    return messages
+
+
+def _seqpacket(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(TIMEOUT)
+    sock.connect(path)
+    return sock
+
+
+def _record(frames):
+    return protocol.record_head(frames) + b"".join(frames)
+
+
+def _closed_by_peer(sock):
+    """Whether the other end closed ``sock`` (within a few seconds)."""
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except OSError:
+        return True
+
+
+def test_outcomes_socket_takes_messages_only_after_the_run_token():
     """The origin's socket for the outcomes workers send straight to it
-    takes them from the run's client key only: a stranger that knows the
-    socket's public key (the run's client public key), with a key pair of
-    its own, is turned away by the key check (ZAP)."""
+    takes them only from a connection whose first record is the run's
+    token: one with another run's keys, one with no token at all, and one
+    with garbage are closed, their records dropped; the run's worker gets in."""
     keys = transport.client_keys(transport.make_keys())
-    ctx = zmq.Context()
+    other_run = transport.client_keys(transport.make_keys())
     local = ipc.listen()
     assert local is not None, "no Unix sockets here"
-    sock = transport.bind_outcomes(ctx, local.outcomes_endpoint, keys)
-    senders = []
+    inbox = transport.OutcomesInbox(local.outcomes_endpoint, keys)
+    path = ipc.path_of(local.outcomes_endpoint)
+    strangers = []
+    member = transport.OutcomesOutbox(local.outcomes_endpoint, keys)
     try:
-        stranger = ctx.socket(zmq.PUSH)
-        senders.append(stranger)
-        stranger.curve_serverkey = keys["client_public"].encode()
-        stranger.curve_publickey, stranger.curve_secretkey = zmq.curve_keypair()
-        stranger.connect(local.outcomes_endpoint)
-        stranger.send(b"stranger")
-        member = transport.connect_outcomes(ctx, local.outcomes_endpoint, keys)
-        senders.append(member)
-        member.send(b"member")
-        received = []
-        while sock.poll(1000):
-            received.append(sock.recv_multipart())
-        assert received == [[b"member"]]
+        forged = transport.OutcomesOutbox(local.outcomes_endpoint, other_run)
+        assert forged.send([b"other run"])  # sent, as far as it can tell
+        no_token = _seqpacket(path)
+        no_token.send(_record([b"no token"]))
+        no_token.send(_record([b"no token, again"]))
+        garbage = _seqpacket(path)
+        garbage.send(b"\xff" * 64)
+        garbage.send(_record([b"after garbage"]))
+        strangers += [no_token, garbage]
+        assert member.send([b"member", b"second frame"])
+        received = _read_inbox(inbox, lambda got: len(got) >= 1)
+        received += _read_inbox(inbox, lambda got: False, timeout=0.5)
+        assert received == [[b"member", b"second frame"]]
+        assert all(_closed_by_peer(sock) for sock in strangers)
+        assert not forged.send([b"other run, again"])  # closed by the origin
     finally:
-        for sender in senders:
-            sender.close(linger=0)
-        sock.close(linger=0)
-        ctx.term()
+        forged.close()
+        member.close()
+        for sock in strangers:
+            sock.close()
+        inbox.close()
         local.remove()
     assert not os.path.exists(local.folder)
 
 
+def test_outcomes_socket_refuses_another_user(tmp_path):
+    """A process of another user, even one that had the token and could
+    reach the socket (here the folder lets it), is refused by the kernel's
+    word on who it is (SO_PEERCRED)."""
+    if not can_drop_privileges():
+        pytest.skip("needs root and setpriv to connect as nobody")
+    keys = transport.client_keys(transport.make_keys())
+    folder = tempfile.mkdtemp(prefix="scoop_rt-security-")
+    os.chmod(folder, 0o755)
+    endpoint = "ipc://" + os.path.join(folder, "origin")
+    inbox = transport.OutcomesInbox(endpoint, keys)
+    os.chmod(ipc.path_of(endpoint), 0o777)
+    try:
+        sender = textwrap.dedent(f"""\
+            from scoop_rt import transport
+            outbox = transport.OutcomesOutbox({endpoint!r}, {keys!r})
+            print(outbox.send([b"from nobody"]))
+            """)
+        proc = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-c", sender],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(transport.__file__))))
+        received = _read_inbox(inbox, lambda got: proc.poll() is not None)
+        out, err = proc.communicate(timeout=TIMEOUT)
+        received += _read_inbox(inbox, lambda got: False, timeout=0.5)
+        assert proc.returncode == 0, err
+        assert out.split() == ["True"], (out, err)  # it did connect and send
+        assert received == []
+    finally:
+        inbox.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_folder_goes_with_the_socket_the_origin_leaves():
-    """ZeroMQ leaves the origin's socket file when it closes (as does a
-    killed origin); the run's folder goes anyway."""
-    import socket
+    """A closed socket leaves its file (as does a killed origin); the run's
+    folder goes anyway."""
     local = ipc.listen()
     assert local is not None, "no Unix sockets here"
     left = socket.socket(socket.AF_UNIX)
