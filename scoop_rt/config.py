@@ -22,7 +22,8 @@ class Config:
     # after ``heartbeat_misses`` intervals without a word from it.
     heartbeat_interval: float = 1.0
     heartbeat_misses: int = 5
-    # Sockets are authenticated and encrypted with CURVE keys made per run.
+    # ZeroMQ sockets are authenticated and encrypted with CURVE keys made per
+    # run (the origin's Unix socket for outcomes checks a token made from them).
     secure: bool = True
     # How long the launcher waits for the processes of a run to leave on
     # their own before it terminates, then kills them.

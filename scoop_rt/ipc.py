@@ -7,8 +7,9 @@ The launcher binds it and hands the listening descriptor to the broker
 (ZeroMQ's ``ZMQ_USE_FD``), so the endpoint is known at once: the workers and
 the origin get their bootstrap while the broker is still starting, and their
 connections wait in the socket's queue until the broker accepts them. No
-other user can reach the socket (its folder is 0700), and CURVE still
-authenticates every connection, as on TCP.
+other user can reach the sockets (their folder is 0700); CURVE still
+authenticates every connection to the broker, as on TCP, and the origin's
+socket checks a token made from the same keys.
 
 The folder goes when the run ends: the launcher removes it, or the broker
 does on its way out when the launcher was killed.

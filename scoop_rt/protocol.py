@@ -57,9 +57,10 @@ and no payload, batched as its other outcomes are: its slot is free. The
 origin, once it has read them, tells the broker with RECEIVED, and the
 broker forgets those tasks. Until then it keeps them, as its worker's: a
 worker lost before the broker has RECEIVED has them run again elsewhere
-(the outcome may have been lost with it, still queued; if it was not, the
-second is dropped), and a PROBE finds them running, never done before the
-origin has their values.
+(the broker cannot tell whether the origin will read the first outcome;
+when it does, the second is dropped), and a PROBE finds them running, never
+done before the origin has their values. An outcome that does not fit the
+origin's socket goes as an ordinary RESULT instead, through the broker.
 
 ``WAITING``/``RESUMED`` tell the broker that a worker's running task blocked
 on futures of its own (so the worker can take one more task meanwhile) and
@@ -79,7 +80,7 @@ The origin's socket for DIRECT outcomes is a Unix ``SOCK_SEQPACKET``
 socket, not ZeroMQ (``transport.OutcomesInbox``): a worker's first record
 on it is the run's token, each later one a whole message, its frames end to
 end behind a head that says how many there are and how long each is
-(``record_head``, ``split_record``).
+(``record``, ``split_record``), ``RECORD_MAX`` bytes at most.
 
 A client has three sockets to the broker, told apart by identity suffix: its
 main one (``HELLO``, and every message the broker sends it), a sending one
@@ -394,16 +395,19 @@ def heartbeat_owner(identity: bytes) -> bytes | None:
 
 
 _COUNT = struct.Struct("!I")
+RECORD_MAX = 1 << 20  # the largest record: larger outcomes take the broker
 
 
-def record_head(frames: Sequence) -> bytes:
-    """The head of the record carrying ``frames`` (sent before them)."""
+def record(frames: Sequence) -> tuple[list, int]:
+    """The buffers of the record carrying ``frames`` (its head, then the
+    frames), and its size in bytes."""
     sizes = [memoryview(frame).nbytes for frame in frames]
-    return struct.pack(f"!I{len(sizes)}I", len(sizes), *sizes)
+    head = struct.pack(f"!I{len(sizes)}I", len(sizes), *sizes)
+    return [head, *frames], len(head) + sum(sizes)
 
 
 def split_record(record: memoryview) -> list:
-    """The frames of one record (``record_head`` and the frames), as bytes."""
+    """The frames of one record (see ``record``), as bytes."""
     if len(record) < _COUNT.size:
         raise ProtocolError(f"a record of {len(record)} bytes has no head")
     (count,) = _COUNT.unpack_from(record)

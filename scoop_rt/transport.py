@@ -1,18 +1,19 @@
 """Sockets of a run: where they bind, and how they are secured.
 
 Socket security is switched on here and nowhere else. With ``secure`` set,
-every connection uses ZeroMQ CURVE: the broker holds the run's server key
+every ZeroMQ connection uses CURVE: the broker holds the run's server key
 pair and accepts only clients presenting the run's client public key (checked
 by a ZAP handler), so a peer without the keys can neither connect nor read
-anything. The keys are made fresh for each run by ``make_keys``.
+anything. The keys are made fresh for each run by ``make_keys``. The one
+socket that is not ZeroMQ, the origin's for the outcomes workers send
+straight to it on a local run, checks who connects in its own way (see
+``OutcomesInbox``): the peer's user, and a token made from the same keys.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import hmac
 import logging
 import os
 import select
@@ -249,10 +250,10 @@ def connect_heartbeat(ctx: zmq.Context, endpoint: str, keys: dict | None,
 # On a run local to one machine, a map's outcomes go from the workers to the
 # origin without the broker (DIRECT, see ``protocol``), on a Unix
 # SOCK_SEQPACKET socket in the run's 0700 folder rather than on ZeroMQ.
-# Each ZeroMQ message wakes the I/O thread of the process that sends it and
-# of the one that gets it; on two cores busy with a map, those wake-ups
-# took the place of the map's work. Here the worker's own send and the
-# origin's own read are the only steps, and a record is sent whole or not
+# Each ZeroMQ message wakes ZeroMQ's I/O thread in the process that sends it
+# and again in the one that gets it; on two cores busy with a map, those
+# wake-ups took the place of the map's work. Here the worker's own send and
+# the origin's own read are the only steps, and a record is sent whole or not
 # at all, so a worker never blocks on it nor leaves half a message: a record
 # that does not fit (a busy origin, a large outcome) goes through the broker
 # as any outcome does.
@@ -267,12 +268,13 @@ def connect_heartbeat(ctx: zmq.Context, endpoint: str, keys: dict | None,
 # another run, or of none, does not have. Records before that are dropped
 # with the connection.
 
-RECORD_MAX = 1 << 20  # larger outcomes go through the broker
-_PEER = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
+_PEER = struct.Struct("iII")  # SO_PEERCRED: pid, uid, gid
 
 
 def _outcomes_token(endpoint: str, keys: dict | None) -> bytes:
     """What a worker shows first on the origin's socket at ``endpoint``."""
+    import hashlib  # (here: the broker and the launcher never need them)
+    import hmac
     secret = keys["client_secret"].encode() if keys else b""
     return hmac.new(secret, b"scoop_rt outcomes " + endpoint.encode(),
                     hashlib.sha256).digest()
@@ -283,6 +285,8 @@ class OutcomesInbox:
     behind one epoll descriptor the origin waits on with its ZeroMQ socket."""
 
     def __init__(self, endpoint: str, keys: dict | None):
+        from hmac import compare_digest
+        self._same = compare_digest
         self._token = _outcomes_token(endpoint, keys)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -296,10 +300,16 @@ class OutcomesInbox:
         self._epoll.register(self._listener.fileno(), select.EPOLLIN)
         self._conns: dict[int, socket.socket] = {}
         self._trusted: set[int] = set()
-        self._buffer = bytearray(RECORD_MAX)
+        self._buffer = bytearray(protocol.RECORD_MAX)
+        self._accept_failed = False
 
     def fileno(self) -> int:
         return self._epoll.fileno()
+
+    @property
+    def peers(self) -> int:
+        """How many connections are open (workers that have sent here)."""
+        return len(self._conns)
 
     def read(self) -> list:
         """The frames of every message that has arrived (not waiting)."""
@@ -315,20 +325,27 @@ class OutcomesInbox:
         while True:
             try:
                 conn, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
                 return
-            except OSError as exc:  # out of descriptors, say: it may retry
+            except OSError as exc:  # out of descriptors: later, not at once
+                if not self._accept_failed:
+                    log.warning("the origin cannot take a worker's connection "
+                                "for now: %s", exc)
+                    self._accept_failed = True
+                time.sleep(0.01)  # (the listener stays ready, so this is called again)
+                return
+            try:
+                _, uid, _ = _PEER.unpack(conn.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size))
+                if uid != os.geteuid():
+                    raise PermissionError(f"a connection from uid {uid} was refused")
+                conn.setblocking(False)
+                self._epoll.register(conn.fileno(), select.EPOLLIN)
+            except OSError as exc:
                 log.warning("outcomes socket: %s", exc)
-                return
-            _, uid, _ = _PEER.unpack(conn.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size))
-            if uid != os.geteuid():
-                log.warning("outcomes socket: refused a connection from uid %d", uid)
                 conn.close()
                 continue
-            conn.setblocking(False)
             self._conns[conn.fileno()] = conn
-            self._epoll.register(conn.fileno(), select.EPOLLIN)
             self._drain(conn, messages)  # what it sent already
 
     def _drain(self, conn: socket.socket, messages: list) -> None:
@@ -337,7 +354,7 @@ class OutcomesInbox:
         while True:
             try:
                 size, _, flags, _ = conn.recvmsg_into([self._buffer])
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
                 return
             except OSError:
                 size, flags = 0, 0
@@ -345,8 +362,8 @@ class OutcomesInbox:
                 self._drop(fd)
                 return
             if fd not in self._trusted:
-                if flags & socket.MSG_TRUNC or not hmac.compare_digest(
-                        bytes(view[:size]), self._token):
+                if flags & socket.MSG_TRUNC or not self._same(bytes(view[:size]),
+                                                               self._token):
                     log.warning("outcomes socket: a connection without the run's "
                                 "token was closed")
                     self._drop(fd)
@@ -355,7 +372,8 @@ class OutcomesInbox:
                 continue
             try:
                 if flags & socket.MSG_TRUNC:
-                    raise protocol.ProtocolError(f"a record over {RECORD_MAX} bytes")
+                    raise protocol.ProtocolError(
+                        f"a record over {protocol.RECORD_MAX} bytes")
                 messages.append(protocol.split_record(view[:size]))
             except protocol.ProtocolError as exc:
                 log.warning("outcomes socket: dropped a record: %s", exc)
@@ -375,7 +393,10 @@ class OutcomesInbox:
 
 class OutcomesOutbox:
     """A worker's end: sends a message to the origin whole, at once, or not
-    at all (then the caller sends it through the broker)."""
+    at all (then the caller sends it through the broker).
+
+    Once the origin has closed the connection, nothing more goes this way:
+    the origin closes only a connection it refuses, or as the run ends."""
 
     RETRY = 1.0  # after a failed connect, seconds before the next try
 
@@ -383,37 +404,42 @@ class OutcomesOutbox:
         self._path = ipc.path_of(endpoint)
         self._token = _outcomes_token(endpoint, keys)
         self._sock: socket.socket | None = None
+        self._largest = 0  # the largest record the socket takes
         self._retry_at = 0.0
+        self._closed = False
 
     def send(self, frames: list) -> bool:
         """Whether ``frames`` went, as one record."""
         if self._sock is None and not self._connect():
             return False
-        head = protocol.record_head(frames)
-        size = len(head) + sum(memoryview(f).nbytes for f in frames)
+        buffers, size = protocol.record(frames)
         try:
-            if size > RECORD_MAX:
-                raise OSError(errno.EMSGSIZE, f"{size} bytes is over {RECORD_MAX}")
-            self._sock.sendmsg([head, *frames], (), socket.MSG_NOSIGNAL)
-        except (BlockingIOError, InterruptedError):
+            if size > self._largest:
+                raise OSError(errno.EMSGSIZE, f"{size} bytes is over {self._largest}")
+            self._sock.sendmsg(buffers, (), socket.MSG_NOSIGNAL)
+        except BlockingIOError:
             log.debug("an outcome goes through the broker: the origin has not "
                       "read those before it")
             return False
         except OSError as exc:
             log.debug("an outcome goes through the broker: %s", exc)
-            if exc.errno != errno.EMSGSIZE:  # (larger than the socket takes)
-                self.close()  # the origin is gone
+            if exc.errno != errno.EMSGSIZE:
+                self.close()  # the origin is gone, or refused this worker
             return False
         return True
 
     def _connect(self) -> bool:
         now = time.monotonic()
-        if now < self._retry_at:
+        if self._closed or now < self._retry_at:
             return False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RECORD_MAX * 4)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * protocol.RECORD_MAX)
+            # A record may be as large as the send buffer the kernel allows,
+            # less its own overhead (net.core.wmem_max caps it).
+            self._largest = min(protocol.RECORD_MAX,
+                                sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - 64)
             sock.connect(self._path)
             sock.send(self._token, socket.MSG_NOSIGNAL)
         except OSError as exc:
@@ -425,6 +451,7 @@ class OutcomesOutbox:
         return True
 
     def close(self) -> None:
+        self._closed = True
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -235,13 +235,23 @@ def test_a_stop_signal_handled_as_the_mask_changes_leaves_it_as_it_was(monkeypat
 
 def test_a_record_carries_a_message_and_a_malformed_one_is_refused():
     frames = [b"head", b"", b"x" * 1000]
-    record = protocol.record_head(frames) + b"".join(frames)
+    buffers, size = protocol.record(frames)
+    record = b"".join(buffers)
+    assert size == len(record)
     assert protocol.split_record(memoryview(record)) == frames
     for bad, words in ((record[:3], "no head"), (record[:-1], "holds frames"),
                        (record + b"!", "holds frames"),
                        (b"\xff\xff\xff\xff" + b"\0" * 8, "cannot hold")):
         with pytest.raises(ProtocolError, match=words):
             protocol.split_record(memoryview(bad))
+
+
+def _read_all(inbox, count, timeout=10):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += inbox.read()
+    return got
 
 
 def test_an_outcome_goes_whole_or_not_at_all_and_never_blocks(tmp_path):
@@ -255,7 +265,7 @@ def test_an_outcome_goes_whole_or_not_at_all_and_never_blocks(tmp_path):
     outbox = transport.OutcomesOutbox(endpoint, keys)
     try:
         value = b"v" * 100_000
-        assert not outbox.send([b"x" * transport.RECORD_MAX])
+        assert not outbox.send([b"x" * protocol.RECORD_MAX])
         sent = 0
         started = time.monotonic()
         while outbox.send([b"%d" % sent, value]):
@@ -263,12 +273,11 @@ def test_an_outcome_goes_whole_or_not_at_all_and_never_blocks(tmp_path):
             assert sent < 10_000, "the socket never filled"
         assert time.monotonic() - started < 30
         assert sent > 0
-        got = []
-        deadline = time.monotonic() + 10
-        while len(got) < sent and time.monotonic() < deadline:
-            got += inbox.read()
+        got = _read_all(inbox, sent)
         assert got == [[b"%d" % i, value] for i in range(sent)]
         assert outbox.send([b"again", value])  # room again, once read
+        assert _read_all(inbox, 1) == [[b"again", value]]
+        assert inbox.peers == 1  # all on the one connection
     finally:
         outbox.close()
         inbox.close()
