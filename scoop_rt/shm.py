@@ -55,7 +55,7 @@ make the sender write through a planted file or link; ``/dev/shm`` is
 sticky, so another user cannot remove or replace them either. Their names
 hold 128 random bits of the run's token and 64 of their own, so they cannot
 be guessed ahead of creation. A reference is only ever read from a message
-that arrived over the run's authenticated, encrypted socket, and the
+that arrived over one of the run's authenticated sockets, and the
 receiver maps only a regular file of this run's token that is owned by its
 own user, has no access for others and has the expected size: a file
 someone else put there (after its rightful owner removed it) is refused, not

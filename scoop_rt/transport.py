@@ -269,6 +269,9 @@ def connect_heartbeat(ctx: zmq.Context, endpoint: str, keys: dict | None,
 # with the connection.
 
 _PEER = struct.Struct("iII")  # SO_PEERCRED: pid, uid, gid
+# What a send meets once the origin has closed its end (other errors, such
+# as a record larger than the socket takes, leave the connection as it is).
+_CLOSED = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN}
 
 
 def _outcomes_token(endpoint: str, keys: dict | None) -> bytes:
@@ -334,18 +337,27 @@ class OutcomesInbox:
                     self._accept_failed = True
                 time.sleep(0.01)  # (the listener stays ready, so this is called again)
                 return
+            self._accept_failed = False
             try:
                 _, uid, _ = _PEER.unpack(conn.getsockopt(
                     socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size))
                 if uid != os.geteuid():
                     raise PermissionError(f"a connection from uid {uid} was refused")
                 conn.setblocking(False)
-                self._epoll.register(conn.fileno(), select.EPOLLIN)
             except OSError as exc:
                 log.warning("outcomes socket: %s", exc)
                 conn.close()
                 continue
             self._conns[conn.fileno()] = conn
+            try:
+                self._epoll.register(conn.fileno(), select.EPOLLIN)
+            except OSError as exc:
+                # Not watched, so not read again: the worker's next send
+                # fails (it goes through the broker from then on), and what
+                # it sent already is read now, not lost.
+                log.warning("outcomes socket: a worker's outcomes go through the "
+                            "broker: %s", exc)
+                conn.shutdown(socket.SHUT_RD)
             self._drain(conn, messages)  # what it sent already
 
     def _drain(self, conn: socket.socket, messages: list) -> None:
@@ -379,7 +391,8 @@ class OutcomesInbox:
                 log.warning("outcomes socket: dropped a record: %s", exc)
 
     def _drop(self, fd: int) -> None:
-        self._epoll.unregister(fd)
+        with contextlib.suppress(OSError):  # (one never watched)
+            self._epoll.unregister(fd)
         self._trusted.discard(fd)
         self._conns.pop(fd).close()
 
@@ -423,7 +436,7 @@ class OutcomesOutbox:
             return False
         except OSError as exc:
             log.debug("an outcome goes through the broker: %s", exc)
-            if exc.errno != errno.EMSGSIZE:
+            if exc.errno in _CLOSED:
                 self.close()  # the origin is gone, or refused this worker
             return False
         return True

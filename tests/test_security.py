@@ -3,6 +3,7 @@ root and as an unprivileged user, must not run code, read results, set
 constants or stop the run; a local run listens on loopback only."""
 
 import json
+import logging
 import os
 import select
 import shutil
@@ -323,8 +324,8 @@ def test_outcomes_socket_takes_messages_only_after_the_run_token():
     path = ipc.path_of(local.outcomes_endpoint)
     strangers = []
     member = transport.OutcomesOutbox(local.outcomes_endpoint, keys)
+    forged = transport.OutcomesOutbox(local.outcomes_endpoint, other_run)
     try:
-        forged = transport.OutcomesOutbox(local.outcomes_endpoint, other_run)
         assert forged.send([b"other run"])  # sent, as far as it can tell
         no_token = _seqpacket(path)
         no_token.send(_record([b"no token"]))
@@ -339,6 +340,10 @@ def test_outcomes_socket_takes_messages_only_after_the_run_token():
         assert received == [[b"member", b"second frame"]]
         assert all(_closed_by_peer(sock) for sock in strangers)
         assert not forged.send([b"other run, again"])  # closed by the origin
+        # and for good: it does not come back on a new connection
+        assert not forged.send([b"other run, a third time"])
+        assert _read_inbox(inbox, lambda got: False, timeout=0.5) == []
+        assert inbox.peers == 1  # the member's
     finally:
         forged.close()
         member.close()
@@ -347,6 +352,17 @@ def test_outcomes_socket_takes_messages_only_after_the_run_token():
         inbox.close()
         local.remove()
     assert not os.path.exists(local.folder)
+
+
+class _Lines(logging.Handler):
+    """Keeps what the runtime logs in this process."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 def test_outcomes_socket_refuses_another_user():
@@ -374,14 +390,22 @@ def test_outcomes_socket_refuses_another_user():
          sys.executable, "-c", sender],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(transport.__file__))))
+    logged = _Lines()
+    logger = logging.getLogger("scoop_rt")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(logged)
     try:
         out, err = proc.communicate(json.dumps([endpoint, keys]), timeout=TIMEOUT)
-        received = _read_inbox(inbox, lambda got: False, timeout=0.5)
+        received = _read_inbox(inbox, lambda got: logged.lines, timeout=5)
         assert proc.returncode == 0, err
         assert out.split() == ["True"], (out, err)  # it did connect and send
         assert received == []
         assert inbox.peers == 0
+        assert any("was refused" in line for line in logged.lines), logged.lines
     finally:
+        logger.removeHandler(logged)
+        logger.setLevel(level)
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=TIMEOUT)
