@@ -221,7 +221,7 @@ def test_rogue_client_cannot_run_code_or_stop_the_run(shared_dir, user, transpor
         else:
             assert endpoint.startswith("ipc://") and not ports, (endpoint, ports)
             # Beside the broker's: the origin's, for outcomes sent straight to it.
-            outcomes = os.path.join(os.path.dirname(endpoint[len("ipc://"):]),
+            outcomes = os.path.join(os.path.dirname(ipc.path_of(endpoint)),
                                     ipc.OUTCOMES_NAME)
             assert os.path.exists(outcomes), os.listdir(os.path.dirname(outcomes))
             targets = [endpoint, "ipc://" + outcomes]
@@ -419,7 +419,7 @@ def test_folder_goes_with_the_socket_the_origin_leaves():
     local = ipc.listen()
     assert local is not None, "no Unix sockets here"
     left = socket.socket(socket.AF_UNIX)
-    left.bind(local.outcomes_endpoint[len("ipc://"):])
+    left.bind(ipc.path_of(local.outcomes_endpoint))
     left.close()  # the file stays, as after a kill
     local.remove()
     assert not os.path.exists(local.folder)
