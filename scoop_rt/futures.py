@@ -17,10 +17,10 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
-from . import client as _client
+from . import future as _future
 from . import runtime as _runtime
 from . import serialization
-from .client import Future
+from .future import Future
 from .config import Config
 from .protocol import Flags
 from .errors import NoWorkersError, RemoteError, RemoteTraceback, WorkerLostError
@@ -252,12 +252,12 @@ def _unordered(feeder: _Feeder, inflight: set, end: float | None) -> Iterator:
 def wait(fs: Iterable[cf.Future], timeout: float | None = None,
          return_when: str = ALL_COMPLETED) -> tuple[set, set]:
     """Wait for the futures ``fs``; ``(done, not_done)`` as in PEP 3148."""
-    return _client.wait(_runtime.client(), fs, timeout, return_when)
+    return _future.wait(_runtime.client(), fs, timeout, return_when)
 
 
 def as_completed(fs: Iterable[cf.Future], timeout: float | None = None) -> Iterator:
     """Yield the futures ``fs`` as they complete; TimeoutError after ``timeout``."""
-    return _client.as_completed(_runtime.client(), fs, timeout)
+    return _future.as_completed(_runtime.client(), fs, timeout)
 
 
 def shutdown(wait: bool = True) -> None:

@@ -9,68 +9,84 @@ traceback and gives 1, as ``python script.py`` would.
 
 from __future__ import annotations
 
+import os
 import signal
-
-# Started before the launcher knows there is a run (``launcher.prestart``),
-# this process must not die of a Ctrl-C pressed meanwhile: the signal waits,
-# blocked, until the script runs, and then interrupts it as usual.
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-
-import os  # noqa: E402
 import sys
 import threading
 import traceback
 
-from . import bootstrap, runtime
+from . import bootstrap, protocol, runtime, transport, tuning
 from .client import Client, log
-from .exits import exit_code, exit_now
 from .config import Config
 from .envnames import BOOT_FD as ENV_BOOT_FD
-from .protocol import Msg, Role
-
-# Tasks the origin runs itself, one inside another, at most (each takes
-# stack frames of the script's main thread).
-INLINE_DEPTH = 32
+from .exits import exit_code, exit_now
+from .protocol import Flags, Msg, Role
 
 
-class OriginClient(Client):
-    """The origin's connection. On a run local to this machine, a task the
+def make_client(boot: dict) -> Client:
+    """The origin's client. On a run local to this machine, a task the
     script waits on before it has left (``Future.result()`` right after
     ``submit``) runs here, as a direct call would: no round trip, no process
     idle. Waits with a timeout never do, so the script regains control when
-    it asked to."""
+    it asked to. Before any other wait, what is held goes."""
+    client = Client(boot, Role.ORIGIN, "the origin (host {host}, pid {pid})")
+    client.leave = _leave  # type: ignore[method-assign]
+    main = threading.get_ident()
+    # Only on a run whose workers all share this machine: on a cluster a
+    # task goes to the hosts it was given, whatever they have that the
+    # submit host lacks. A map's chunk too: only a map of one chunk waits on
+    # its newest.
+    if client.config.run_in_origin and boot.get("local"):
+        client.holder.may_hold = lambda chunk: (
+            client.depth < tuning.INLINE_DEPTH and threading.get_ident() == main)
+    client.conn.before_block = client.holder.send_held
+    if boot.get("outcomes"):
+        DirectOutcomes.open(client, boot["outcomes"])
+    return client
 
-    role = Role.ORIGIN
 
-    def __init__(self, boot: dict):
-        super().__init__(boot)
-        self._main = threading.get_ident()
-        # Only on a run whose workers all share this machine: on a cluster a
-        # task goes to the hosts it was given, whatever they have that the
-        # submit host lacks.
-        self._may_run_here = self.config.run_in_origin and bool(boot.get("local"))
-        if self.outcomes_endpoint:
-            self.open_outcomes()
+def _leave(reason: str) -> None:
+    """The run was stopped under the script (its launcher is gone)."""
+    log.error("the run was stopped: %s", reason)
+    exit_now(1)
 
-    def may_hold(self, chunk: bool) -> bool:
-        # A map's chunk too: only a map of one chunk waits on its newest.
-        return (self._may_run_here and self._depth < INLINE_DEPTH
-                and threading.get_ident() == self._main)
 
-    def where(self) -> str:
-        return f"the origin (host {self.host}, pid {self.pid})"
+class DirectOutcomes:
+    """The socket workers send a map's outcomes to, on a run local to one
+    machine (DIRECT, see protocol): the origin reads it with the broker's,
+    and tells the broker which it got (RECEIVED) with the next message it
+    sends, or when the ticker next runs ``tuning.RECEIVED_WAIT`` after the
+    first: not at each outcome, nor by waking anyone, which would cost what
+    relaying the outcomes did."""
 
-    def leave(self, reason: str) -> None:
-        """The run was stopped under the script (its launcher is gone)."""
-        log.error("the run was stopped: %s", reason)
-        exit_now(1)
+    def __init__(self, client: Client):
+        self.client = client
 
-    def finish(self, code: int) -> None:
-        """Tell the broker the script is over, so the run ends now."""
+    @classmethod
+    def open(cls, client: Client, endpoint: str) -> None:
+        """Bind the socket: from now on the origin's maps' chunks are marked
+        DIRECT. If it cannot be bound, outcomes come through the broker, as
+        on a cluster."""
         try:
-            self.send(Msg.BYE, code)
-        finally:
-            self.close()
+            inbox = transport.OutcomesInbox(endpoint, client.keys)
+        except OSError as exc:
+            log.debug("%s: outcomes come through the broker (%s)", client.name, str(exc))
+            return
+        client.conn.add_inbox(inbox, {Msg.RESULT: cls(client).on_result})
+        client.chunk_flags = Flags.CHUNK | Flags.DIRECT
+
+    def on_result(self, msg: protocol.Message) -> None:
+        outcomes = protocol.split_batch(msg)
+        self.client.outbox.received([tid for tid, _, _ in outcomes])
+        self.client.settle_all(outcomes)
+
+
+def finish(client: Client, code: int) -> None:
+    """Tell the broker the script is over, so the run ends now."""
+    try:
+        client.send(Msg.BYE, code)
+    finally:
+        client.close()
 
 
 def run_script(path: str, argv: list) -> int:
@@ -136,13 +152,16 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def main() -> None:
+    # Ctrl-C waits, blocked, until the script runs (``launcher.prestart``
+    # starts this process with it blocked already).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     fd = int(os.environ.pop(ENV_BOOT_FD))
     with os.fdopen(fd, "rb") as pipe:
         boot = bootstrap.read(pipe)
     config = Config.from_dict(boot["config"])
     bootstrap.setup_logging(config, boot["name"])
     bootstrap.publish(boot, is_origin=True)
-    client = OriginClient(boot)
+    client = make_client(boot)
     runtime.current = client
     client.start()
     signal.signal(signal.SIGINT, _on_sigint)
@@ -152,7 +171,7 @@ def main() -> None:
         sys.stdout.flush()
     except (OSError, ValueError):
         pass
-    client.finish(code)
+    finish(client, code)
     sys.exit(code)
 
 

@@ -288,29 +288,19 @@ def test_the_end_of_a_queue_does_not_pile_up_ahead_at_one_worker():
 def _origin_client(endpoint, keys, size):
     """A real origin's client in this process, as the runtime of its futures
     API; a run that ends under it is recorded instead of ending pytest."""
-    from scoop_rt import runtime
+    from scoop_rt import origin, runtime
     from scoop_rt.config import Config
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
-    try:
-        # Importing the origin's module blocks Ctrl-C, as an origin must
-        # until its script runs; the processes this one starts later would
-        # inherit that.
-        from scoop_rt.origin import OriginClient
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
-    class Origin(OriginClient):
-        ended = None
+    client = origin.make_client({
+        "config": Config().to_dict(), "endpoint": endpoint,
+        "keys": transport.client_keys(keys), "name": "origin",
+        "size": size, "local": True})
+    client.ended = None
 
-        def leave(self, reason):
-            self.ended = reason
+    def ended(reason):
+        client.ended = reason
 
-        def on_run_over(self, reason):
-            self.ended = reason
-
-    client = Origin({"config": Config().to_dict(), "endpoint": endpoint,
-                     "keys": transport.client_keys(keys), "name": "origin",
-                     "size": size, "local": True})
+    client.leave = client.on_run_over = ended
     before = runtime.current
     try:
         client.start()
@@ -377,11 +367,11 @@ def test_a_maps_chunks_leave_the_origin_together(monkeypatch):
     """A real origin's map of eight chunks reaches the broker as one
     message, so two workers each get their four at once; a first chunk sent
     alone would leave the broker a short queue to hand out one by one."""
-    from scoop_rt import client, futures
+    from scoop_rt import futures, tuning
 
     # Chunks that took long to pickle would leave early; on a loaded machine
     # even these might, and this test is about cheap ones.
-    monkeypatch.setattr(client, "PICKLING_WAIT", 10.0)
+    monkeypatch.setattr(tuning, "PICKLING_WAIT", 10.0)
     with _workers_and_origin(credit=8, workers=2) as (workers, _, (endpoint, keys)):
         with _origin_client(endpoint, keys, size=2):
             futures.map(abs, range(8000))  # work starts at the call
@@ -451,9 +441,9 @@ def test_chunks_slow_to_pickle_leave_as_they_are_pickled(monkeypatch, wait, size
     than PICKLING_WAIT (large arrays): then each leaves as soon as it is
     pickled, so workers start on it while the rest are still pickled. The
     origin's SUBMITs are counted as they go; all chunks reach the workers."""
-    from scoop_rt import client, futures
+    from scoop_rt import futures, tuning
 
-    monkeypatch.setattr(client, "PICKLING_WAIT", wait)
+    monkeypatch.setattr(tuning, "PICKLING_WAIT", wait)
     sent = []
     real_send = transport.send_message
 
@@ -463,7 +453,7 @@ def test_chunks_slow_to_pickle_leave_as_they_are_pickled(monkeypatch, wait, size
             sent.append(len(protocol.split_batch(msg)))
         real_send(sock, frames)
 
-    monkeypatch.setattr(client.transport, "send_message", send)
+    monkeypatch.setattr(transport, "send_message", send)
     with _workers_and_origin(credit=8, workers=2) as (workers, _, (endpoint, keys)):
         with _origin_client(endpoint, keys, size=2):
             futures.map(abs, range(8000))  # work starts at the call

@@ -23,6 +23,7 @@ from .. import envnames
 NOT_A_RUN = frozenset({"-h", "--help", "--version", "--dry-run", "--check"})
 
 _SIGKILL = 9  # ``signal`` imports ``enum``
+_SIGINT = 2
 
 _first = None  # (pid, stdout, stderr, boot) from ``start``, until taken
 
@@ -89,7 +90,7 @@ def spawn_origin(environ) -> tuple:
     try:
         pid = os.posix_spawn(sys.executable,
                              [sys.executable, "-m", "scoop_rt.origin"], env,
-                             file_actions=actions)
+                             file_actions=actions, setsigmask=(_SIGINT,))
     except BaseException:
         for fd in [*ours, boot_write]:
             if fd is not None:

@@ -1,0 +1,80 @@
+"""Every timing and size constant of the runtime, with what it trades.
+
+These are fixed by design, not settings a user changes (those are in
+``config.Config``, which travels to every process of a run). They live in
+one module so that a change is made, reviewed and measured in one place, and
+so that docs name a constant instead of repeating its value. Code reads
+them as ``tuning.NAME`` at the moment it uses them.
+"""
+
+from __future__ import annotations
+
+# -- a client's connection (connection.py, client.py) --------------------------
+
+# Longest single wait on the broker's socket: a waiting thread looks at its
+# condition at least this often. Longer saves wake-ups of an idle process;
+# shorter sees a flag set by another thread sooner.
+POLL_SLICE = 0.5
+
+# -- batching (outbox.py) -------------------------------------------------------
+
+# Tasks and outcomes travel in batches: up to BATCH_MAX entries or
+# BATCH_BYTES of payload in one message. Larger batches cost the broker fewer
+# messages; smaller ones start work sooner and hold less memory in flight.
+BATCH_MAX = 64
+BATCH_BYTES = 1 << 20
+# A batch leaves this long after its first entry at the latest (sent by the
+# heartbeat thread). Longer gathers more company; shorter delays less.
+BATCH_DELAY = 0.002
+# A submit that comes this long after the previous one goes at once, alone:
+# a lone task never waits for company that is not coming.
+SUBMIT_GAP = 0.001
+# The origin tells the broker which DIRECT outcomes it has (RECEIVED) along
+# with the next message, or this long after the first at the latest. The
+# broker needs it only to forget those tasks: waking for it would cost what
+# skipping the broker saved.
+RECEIVED_WAIT = 0.05
+# A map's chunks leave together, unless pickling them has taken this long
+# (large arrays): then those pickled so far leave, so workers start on them.
+PICKLING_WAIT = 0.001
+
+# -- held tasks (holding.py) ----------------------------------------------------
+
+# Longest a process keeps the newest task it submitted to itself, in case it
+# waits on it at once (then it runs it in place: no round trip). Longer finds
+# more such waits; shorter lets siblings start elsewhere sooner.
+HOLD_LIMIT = 0.005
+# Tasks the origin runs in place, one inside another, at most: each takes
+# stack frames of the script's main thread.
+INLINE_DEPTH = 32
+
+# -- the heartbeat thread's timed jobs (ticker.py) ------------------------------
+
+# While a process holds or batches tasks, its heartbeat thread looks every
+# TICK seconds, until it has done neither for ACTIVE_SPAN: holding and
+# batching then need not wake it each time. Shorter ticks cost wake-ups;
+# longer ones delay batches.
+TICK = 0.002
+ACTIVE_SPAN = 0.1
+
+# -- a worker (worker.py, prefetch.py) ------------------------------------------
+
+# Nested tasks run on the stack of the tasks that wait under them: the
+# serving thread's stack size and Python's recursion limit to match.
+STACK_BYTES = 512 * 1024 * 1024
+RECURSION_LIMIT = 100_000
+# A worker whose tasks are short asks for enough tasks ahead to cover
+# PREFETCH_COVER seconds of work (at most Config.prefetch), so it never
+# idles waiting for the broker; it asks for none once a task runs longer than
+# PREFETCH_STOP_ABOVE, and gives back what it holds, so nothing waits behind
+# a long task. A larger cover saves round trips; a lower bound frees queued
+# tasks sooner.
+PREFETCH_COVER = 0.002
+PREFETCH_STOP_ABOVE = 0.01
+# How durations are smoothed: the weight of the newest one.
+PREFETCH_SMOOTHING = 0.2
+# A new prefetch is told only when it differs from the one told by this
+# factor or more: fewer CREDIT messages against a closer fit.
+PREFETCH_HYSTERESIS = 4
+# Longest an outcome waits for the next ones of its batch before it goes.
+RESULT_WAIT = 0.0005
