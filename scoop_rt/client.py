@@ -29,7 +29,7 @@ import zmq
 
 from . import protocol, serialization, shm, tasks, transport
 from .exits import exit_now
-from .config import Config
+from .bootstrap import ClientBoot
 from .protocol import Flags, Msg, ProtocolError, Role, TaskState
 
 log = logging.getLogger("scoop_rt")
@@ -269,12 +269,12 @@ class Client:
 
     role: Role = Role.WORKER
 
-    def __init__(self, boot: dict):
-        self.config = Config.from_dict(boot["config"])
-        self.endpoint: str = boot["endpoint"]
-        self.keys: dict | None = boot.get("keys") or None
-        self.name: str = boot["name"]
-        self.size: int = boot["size"]
+    def __init__(self, boot: ClientBoot):
+        self.config = boot.config
+        self.endpoint: str = boot.endpoint
+        self.keys: dict | None = boot.keys or None
+        self.name: str = boot.name
+        self.size: int = boot.size
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.identity = f"{self.name}:{os.getpid()}:{os.urandom(4).hex()}".encode()
@@ -291,7 +291,7 @@ class Client:
         # to the origin (DIRECT, see protocol): the origin binds a socket
         # there, which it reads with its main one; a worker connects to it
         # when the first task whose outcome goes there reaches it.
-        self.outcomes_endpoint: str | None = boot.get("outcomes")
+        self.outcomes_endpoint: str | None = boot.outcomes
         self._outcomes_in: transport.OutcomesInbox | None = None
         self._outcomes_out: transport.OutcomesOutbox | None = None
         self._poller: zmq.Poller | None = None

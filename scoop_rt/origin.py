@@ -22,9 +22,9 @@ import threading
 import traceback
 
 from . import bootstrap, runtime
+from .bootstrap import ClientBoot
 from .client import Client, log
 from .exits import exit_code, exit_now
-from .config import Config
 from .envnames import BOOT_FD as ENV_BOOT_FD
 from .protocol import Msg, Role
 
@@ -42,13 +42,13 @@ class OriginClient(Client):
 
     role = Role.ORIGIN
 
-    def __init__(self, boot: dict):
+    def __init__(self, boot: ClientBoot):
         super().__init__(boot)
         self._main = threading.get_ident()
         # Only on a run whose workers all share this machine: on a cluster a
         # task goes to the hosts it was given, whatever they have that the
         # submit host lacks.
-        self._may_run_here = self.config.run_in_origin and bool(boot.get("local"))
+        self._may_run_here = self.config.run_in_origin and boot.local
         if self.outcomes_endpoint:
             self.open_outcomes()
 
@@ -138,16 +138,18 @@ def _on_sigterm(signum, frame) -> None:
 def main() -> None:
     fd = int(os.environ.pop(ENV_BOOT_FD))
     with os.fdopen(fd, "rb") as pipe:
-        boot = bootstrap.read(pipe)
-    config = Config.from_dict(boot["config"])
-    bootstrap.setup_logging(config, boot["name"])
+        boot = bootstrap.read(pipe, ClientBoot)
+    if not boot.script:
+        sys.exit("scoop_rt: unusable bootstrap from the launcher: "
+                 "ClientBoot: missing required field 'script' (the origin runs it)")
+    bootstrap.setup_logging(boot.config, boot.name)
     bootstrap.publish(boot, is_origin=True)
     client = OriginClient(boot)
     runtime.current = client
     client.start()
     signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    code = run_script(boot["script"], boot.get("argv", []))
+    code = run_script(boot.script, boot.argv)
     try:
         sys.stdout.flush()
     except (OSError, ValueError):

@@ -19,7 +19,7 @@ import time
 from collections import deque
 
 from . import bootstrap, protocol, runtime, serialization, transport
-from .config import Config
+from .bootstrap import ClientBoot
 from .client import Client, log
 from .exits import exit_now
 from .protocol import Flags, Msg, Role, Status
@@ -228,9 +228,9 @@ def _power_of_two(x: float) -> int:
 
 
 def main() -> None:
-    boot = bootstrap.read(sys.stdin)
+    boot = bootstrap.read(sys.stdin, ClientBoot)
     sys.stdin = open("/dev/null")
-    bootstrap.setup_logging(Config.from_dict(boot["config"]), boot["name"])
+    bootstrap.setup_logging(boot.config, boot.name)
     bootstrap.publish(boot, is_origin=False)
     # Whole lines reach the launcher as soon as they are printed.
     sys.stdout.reconfigure(line_buffering=True)
@@ -252,15 +252,15 @@ def _serve(client: WorkerClient) -> None:
         exit_now(1)
 
 
-def load_script(client: WorkerClient, boot: dict) -> None:
+def load_script(client: WorkerClient, boot: ClientBoot) -> None:
     """Import the user's script; a failure is kept to explain task errors."""
-    script = boot.get("script")
+    script = boot.script
     if not script:
         return
     module = bootstrap.script_module(script, serialization.SCRIPT_MODULE)
     client.importing = True
     try:
-        code = bootstrap.prepare_script(script, boot.get("argv", []))
+        code = bootstrap.prepare_script(script, boot.argv)
         exec(code, module.__dict__)
     except BaseException as exc:  # the origin reports the script's own errors
         client.script_error = f"{type(exc).__name__}: {exc}"

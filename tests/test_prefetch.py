@@ -15,6 +15,8 @@ import pytest
 import zmq
 
 from scoop_rt import __version__, protocol, transport
+from scoop_rt.bootstrap import ClientBoot
+from scoop_rt.config import Config
 from scoop_rt.protocol import Flags, Msg, Status
 
 from conftest import explain, real_broker, role_of, run_scoop
@@ -289,7 +291,6 @@ def _origin_client(endpoint, keys, size):
     """A real origin's client in this process, as the runtime of its futures
     API; a run that ends under it is recorded instead of ending pytest."""
     from scoop_rt import runtime
-    from scoop_rt.config import Config
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     try:
         # Importing the origin's module blocks Ctrl-C, as an origin must
@@ -308,9 +309,9 @@ def _origin_client(endpoint, keys, size):
         def on_run_over(self, reason):
             self.ended = reason
 
-    client = Origin({"config": Config().to_dict(), "endpoint": endpoint,
-                     "keys": transport.client_keys(keys), "name": "origin",
-                     "size": size, "local": True})
+    client = Origin(ClientBoot(config=Config(), endpoint=endpoint,
+                               keys=transport.client_keys(keys), name="origin",
+                               size=size, local=True))
     before = runtime.current
     try:
         client.start()
@@ -399,11 +400,11 @@ def test_each_chunk_outcome_leaves_the_worker_at_once():
     keys = transport.make_keys()
     ctx = zmq.Context()
     listener = transport.bind_router(ctx, "127.0.0.1", keys)
-    boot = {"config": {}, "endpoint": listener.endpoint, "size": 1, "name": "w0",
-            "keys": transport.client_keys(keys)}
+    boot = ClientBoot(config=Config(), endpoint=listener.endpoint, size=1, name="w0",
+                      keys=transport.client_keys(keys))
     worker = subprocess.Popen([sys.executable, "-m", "scoop_rt.worker"],
                               stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    worker.stdin.write(json.dumps(boot).encode())
+    worker.stdin.write(boot.to_json().encode())
     worker.stdin.close()  # the worker reads its boot to the end
     sock = listener.sock
     try:
