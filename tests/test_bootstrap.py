@@ -16,7 +16,7 @@ from scoop_rt.config import Config
 from scoop_rt.launcher.run import Run, RunSpec
 
 CONFIG = Config(heartbeat_interval=0.25, secure=False, prefetch=3, fork=False,
-                verbosity=2, log_prefix="x")
+                verbosity=2, debug=True)
 KEYS = {name: name[0] * 40 for name in ("server_public", "server_secret",
                                          "client_public", "client_secret")}
 
