@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -184,6 +185,32 @@ def test_a_process_refuses_a_bootstrap_without_a_field_in_one_line(module, boot,
     assert err.strip().splitlines() == [
         f"scoop_rt: unusable bootstrap from the launcher: {type(boot).__name__}: "
         f"missing required field {field!r}"], err
+
+
+@pytest.mark.parametrize("drop,why", [
+    ("name", "missing required field 'name'"),
+    ("script", "missing required field 'script' (the origin runs it)"),
+])
+def test_the_origin_refuses_a_bootstrap_without_a_field_in_one_line(drop, why):
+    """The origin's bootstrap comes on an inherited descriptor, as
+    ``launcher.prestart`` hands it over; without a script it has nothing
+    to run, although a worker may do without one."""
+    data = full_client("origin").to_dict()
+    del data[drop]
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as pipe:
+        pipe.write(json.dumps(data).encode())
+    try:
+        proc = subprocess.run([sys.executable, "-m", "scoop_rt.origin"],
+                              env=dict(os.environ, SCOOP_RT_BOOT_FD=str(read_end)),
+                              pass_fds=(read_end,), stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=60)
+    finally:
+        os.close(read_end)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines() == [
+        f"scoop_rt: unusable bootstrap from the launcher: ClientBoot: {why}"], err
 
 
 def test_the_agent_refuses_a_bad_bootstrap_in_one_line():
