@@ -24,7 +24,7 @@ import zmq
 
 from . import chunks as _chunks
 from . import bootstrap, protocol, serialization, tasks, transport, tuning
-from .config import Config
+from .bootstrap import ClientBoot
 from .connection import Connection
 from .constants import Constants
 from .exits import exit_now
@@ -40,16 +40,16 @@ log = logging.getLogger("scoop_rt")
 class Client:
     """One process's part of the run: its connection, futures, constants."""
 
-    def __init__(self, boot: dict, role: Role, where: str):
-        self.config = Config.from_dict(boot["config"])
+    def __init__(self, boot: ClientBoot, role: Role, where: str):
+        self.config = boot.config
         self.role = role
-        self.name: str = boot["name"]
-        self.size: int = boot["size"]
+        self.name: str = boot.name
+        self.size: int = boot.size
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.where = where.format(name=self.name, host=self.host, pid=self.pid)
-        self.keys: dict | None = boot.get("keys") or None
-        self.endpoint: str = boot["endpoint"]
+        self.keys: dict | None = boot.keys or None
+        self.endpoint: str = boot.endpoint
         self.identity = f"{self.name}:{self.pid}:{os.urandom(4).hex()}".encode()
         self.ctx = zmq.Context()
         self.ticker = Ticker()

@@ -52,8 +52,6 @@ class Config:
     # Logging: -1 errors only, 0 warnings too, 1 info, 2 debug.
     verbosity: int = 0
     debug: bool = False
-    # Extra details for the runtime's own log lines.
-    log_prefix: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

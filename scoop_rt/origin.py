@@ -17,13 +17,13 @@ import traceback
 
 from . import bootstrap, protocol, runtime, transport, tuning
 from .client import Client, log
-from .config import Config
+from .bootstrap import ClientBoot
 from .envnames import BOOT_FD as ENV_BOOT_FD
 from .exits import exit_code, exit_now
 from .protocol import Flags, Msg, Role
 
 
-def make_client(boot: dict) -> Client:
+def make_client(boot: ClientBoot) -> Client:
     """The origin's client. On a run local to this machine, a task the
     script waits on before it has left (``Future.result()`` right after
     ``submit``) runs here, as a direct call would: no round trip, no process
@@ -36,12 +36,12 @@ def make_client(boot: dict) -> Client:
     # task goes to the hosts it was given, whatever they have that the
     # submit host lacks. A map's chunk too: only a map of one chunk waits on
     # its newest.
-    if client.config.run_in_origin and boot.get("local"):
+    if client.config.run_in_origin and boot.local:
         client.holder.may_hold = lambda chunk: (
             client.depth < tuning.INLINE_DEPTH and threading.get_ident() == main)
     client.conn.before_block = client.holder.send_held
-    if boot.get("outcomes"):
-        DirectOutcomes.open(client, boot["outcomes"])
+    if boot.outcomes:
+        DirectOutcomes.open(client, boot.outcomes)
     return client
 
 
@@ -157,16 +157,18 @@ def main() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     fd = int(os.environ.pop(ENV_BOOT_FD))
     with os.fdopen(fd, "rb") as pipe:
-        boot = bootstrap.read(pipe)
-    config = Config.from_dict(boot["config"])
-    bootstrap.setup_logging(config, boot["name"])
+        boot = bootstrap.read(pipe, ClientBoot)
+    if not boot.script:
+        sys.exit("scoop_rt: unusable bootstrap from the launcher: "
+                 "ClientBoot: missing required field 'script' (the origin runs it)")
+    bootstrap.setup_logging(boot.config, boot.name)
     bootstrap.publish(boot, is_origin=True)
     client = make_client(boot)
     runtime.current = client
     client.start()
     signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    code = run_script(boot["script"], boot.get("argv", []))
+    code = run_script(boot.script, boot.argv)
     try:
         sys.stdout.flush()
     except (OSError, ValueError):

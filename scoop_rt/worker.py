@@ -20,7 +20,7 @@ from collections import deque
 
 from . import bootstrap, protocol, runtime, serialization, transport, tuning
 from .client import Client, log
-from .config import Config
+from .bootstrap import ClientBoot
 from .exits import exit_now
 from .prefetch import Prefetch
 from .protocol import Flags, Msg, Role, Status
@@ -190,14 +190,14 @@ class Serving:
 
 
 def main() -> None:
-    boot = bootstrap.read(sys.stdin)
+    boot = bootstrap.read(sys.stdin, ClientBoot)
     sys.stdin = open("/dev/null")
-    bootstrap.setup_logging(Config.from_dict(boot["config"]), boot["name"])
+    bootstrap.setup_logging(boot.config, boot.name)
     bootstrap.publish(boot, is_origin=False)
     # Whole lines reach the launcher as soon as they are printed.
     sys.stdout.reconfigure(line_buffering=True)
     client = Client(boot, Role.WORKER, "worker {name} (host {host}, pid {pid})")
-    serving = Serving(client, boot.get("outcomes"))
+    serving = Serving(client, boot.outcomes)
     runtime.current = client
     load_script(client, serving, boot)
     threading.stack_size(tuning.STACK_BYTES)
@@ -215,15 +215,15 @@ def _serve(serving: Serving) -> None:
         exit_now(1)
 
 
-def load_script(client: Client, serving: Serving, boot: dict) -> None:
+def load_script(client: Client, serving: Serving, boot: ClientBoot) -> None:
     """Import the user's script; a failure is kept to explain task errors."""
-    script = boot.get("script")
+    script = boot.script
     if not script:
         return
     module = bootstrap.script_module(script, serialization.SCRIPT_MODULE)
     serving.importing = True
     try:
-        code = bootstrap.prepare_script(script, boot.get("argv", []))
+        code = bootstrap.prepare_script(script, boot.argv)
         exec(code, module.__dict__)
     except BaseException as exc:  # the origin reports the script's own errors
         client.script_error = f"{type(exc).__name__}: {exc}"

@@ -319,15 +319,16 @@ def real_broker(config=None, size=1):
     run of ``size`` workers over TCP; yields (its endpoint, the run's keys),
     and stops it at the end."""
     from scoop_rt import __version__, transport
+    from scoop_rt.bootstrap import BrokerBoot
     from scoop_rt.config import Config
     keys = transport.make_keys()
-    boot = {"config": (config or Config()).to_dict(), "keys": keys,
-            "version": __version__, "size": size, "bind": "127.0.0.1"}
+    boot = BrokerBoot(config=config or Config(), keys=keys, version=__version__,
+                      size=size, bind="127.0.0.1")
     broker = subprocess.Popen([sys.executable, "-m", "scoop_rt.broker"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL)
     try:
-        broker.stdin.write(json.dumps(boot).encode())
+        broker.stdin.write(boot.to_json().encode())
         broker.stdin.close()
         assert select.select([broker.stdout], [], [], 30)[0], "the broker said nothing"
         yield json.loads(broker.stdout.readline())["endpoint"], keys

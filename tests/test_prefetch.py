@@ -15,6 +15,8 @@ import pytest
 import zmq
 
 from scoop_rt import __version__, protocol, transport
+from scoop_rt.bootstrap import ClientBoot
+from scoop_rt.config import Config
 from scoop_rt.protocol import Flags, Msg, Status
 
 from conftest import explain, real_broker, role_of, run_scoop
@@ -289,12 +291,10 @@ def _origin_client(endpoint, keys, size):
     """A real origin's client in this process, as the runtime of its futures
     API; a run that ends under it is recorded instead of ending pytest."""
     from scoop_rt import origin, runtime
-    from scoop_rt.config import Config
 
-    client = origin.make_client({
-        "config": Config().to_dict(), "endpoint": endpoint,
-        "keys": transport.client_keys(keys), "name": "origin",
-        "size": size, "local": True})
+    client = origin.make_client(ClientBoot(
+        config=Config(), endpoint=endpoint, keys=transport.client_keys(keys),
+        name="origin", size=size, local=True))
     client.ended = None
 
     def ended(reason):
@@ -389,17 +389,22 @@ def test_each_chunk_outcome_leaves_the_worker_at_once():
     keys = transport.make_keys()
     ctx = zmq.Context()
     listener = transport.bind_router(ctx, "127.0.0.1", keys)
-    boot = {"config": {}, "endpoint": listener.endpoint, "size": 1, "name": "w0",
-            "keys": transport.client_keys(keys)}
+    boot = ClientBoot(config=Config(), endpoint=listener.endpoint, size=1, name="w0",
+                      keys=transport.client_keys(keys))
     worker = subprocess.Popen([sys.executable, "-m", "scoop_rt.worker"],
                               stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    worker.stdin.write(json.dumps(boot).encode())
+    worker.stdin.write(boot.to_json().encode())
     worker.stdin.close()  # the worker reads its boot to the end
     sock = listener.sock
     try:
-        assert sock.poll(30_000), "the worker never said HELLO"
-        identity, *frames = sock.recv_multipart()
-        assert protocol.decode(frames).type == Msg.HELLO
+        # Its heartbeats come on a socket of their own, so the first may
+        # arrive before its HELLO.
+        msg_type = Msg.PING
+        while msg_type == Msg.PING:
+            assert sock.poll(30_000), "the worker never said HELLO"
+            identity, *frames = sock.recv_multipart()
+            msg_type = protocol.decode(frames).type
+        assert msg_type == Msg.HELLO
         sock.send_multipart([identity, *protocol.encode(Msg.WELCOME, 1)])
         calls = list(range(8))
         chunks = list(range(100, 108))

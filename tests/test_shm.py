@@ -152,9 +152,9 @@ def test_remove_run_removes_that_run_s_files_only(sharing, tmp_path):
 def test_only_a_run_confined_to_this_machine_shares(tmp_path):
     spec = RunSpec(script="s.py", argv=[], placement=[("localhost", 2)])
     local = Run(spec)._client_boot("tcp://127.0.0.1:1", "w0")
-    assert len(local["shm"]) == 32
+    assert len(local.shm) == 32
     remote = Run(spec, remote={"node1": object()})._client_boot("tcp://h:1", "w0")
-    assert remote["shm"] is None
+    assert remote.shm is None
 
 
 # -- real runs ----------------------------------------------------------------------

@@ -23,13 +23,16 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import zmq
 
 from .. import protocol, transport
-from ..config import Config
 from ..protocol import Flags, Msg, ProtocolError, Role, Status, TaskState
 from .scheduling import Slots
+
+if TYPE_CHECKING:
+    from ..bootstrap import BrokerBoot
 
 log = logging.getLogger("scoop_rt")
 
@@ -71,19 +74,17 @@ class Peer:
 
 
 class Broker:
-    def __init__(self, boot: dict):
-        self.config = Config.from_dict(boot["config"])
-        self.version: str = boot["version"]
+    def __init__(self, boot: BrokerBoot):
+        self.config = boot.config
+        self.version: str = boot.version
         self.python: str = "%d.%d" % sys.version_info[:2]
-        self.size: int = boot["size"]
-        self.parent_pid: int = boot.get("parent_pid") or os.getppid()
-        self.shm_token: str | None = boot.get("shm")
+        self.size: int = boot.size
+        self.parent_pid: int = boot.parent_pid or os.getppid()
+        self.shm_token: str | None = boot.shm
         self.ctx = zmq.Context()
-        keys = boot.get("keys") if self.config.secure else None
-        port_range = tuple(boot["port_range"]) if boot.get("port_range") else None
+        keys = boot.keys if self.config.secure else None
         self.listener = transport.bind_router(
-            self.ctx, boot.get("bind", "127.0.0.1"), keys, port_range,
-            boot.get("listen_fd"))
+            self.ctx, boot.bind, keys, boot.port_range or None, boot.listen_fd)
         self.sock = self.listener.sock
         self.endpoint = self.listener.endpoint
         self.peers: dict[bytes, Peer] = {}
@@ -537,10 +538,10 @@ def _on_signal(signum, frame) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
-    boot = json.loads(sys.stdin.read())
+    from ..bootstrap import BrokerBoot, read, setup_logging
+    boot = read(sys.stdin, BrokerBoot)
     sys.stdin = open(os.devnull)
-    from ..bootstrap import setup_logging
-    setup_logging(Config.from_dict(boot["config"]), "broker")
+    setup_logging(boot.config, "broker")
     broker = Broker(boot)
     signal.signal(signal.SIGTERM, _on_signal)
     print(json.dumps({"endpoint": broker.endpoint}), flush=True)

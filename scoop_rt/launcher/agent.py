@@ -12,13 +12,13 @@ and leaves, so nothing of the run stays on the host.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
 import time
 
+from ..bootstrap import AgentBoot, BootError
 from . import output, spawn
 from .watch import WorkerWatch
 
@@ -29,24 +29,24 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     line = sys.stdin.buffer.readline()
     try:
-        boot = json.loads(line)
-    except ValueError:
-        sys.exit("scoop_rt agent: started by the launcher only")
+        boot = AgentBoot.from_json(line)
+    except BootError as exc:
+        sys.exit(f"scoop_rt agent: started by the launcher only ({exc})")
     forwarder = output.Forwarder()
-    first = boot["workers"][0] if boot["workers"] else None
-    spawner = spawn.LocalSpawner(fork=bool(first and first["config"].get("fork")))
+    first = boot.workers[0] if boot.workers else None
+    spawner = spawn.LocalSpawner(fork=bool(first and first.config.fork))
     workers = []
-    for worker_boot in boot["workers"]:
+    for worker_boot in boot.workers:
         proc = spawner.start_worker("scoop_rt.worker")
         forwarder.add_pipe(proc.stdout, output.stdout())
         forwarder.add_pipe(proc.stderr, output.stderr())
-        spawn.write_close(proc.stdin, json.dumps(worker_boot).encode())
+        spawn.write_close(proc.stdin, worker_boot.to_json().encode())
         workers.append(proc)
     forwarder.start()
     watch = None
     if first:
-        watch = WorkerWatch(first["endpoint"], first["keys"],
-                            [([b["name"]], p) for b, p in zip(boot["workers"], workers)])
+        watch = WorkerWatch(first.endpoint, first.keys,
+                            [([b.name], p) for b, p in zip(boot.workers, workers)])
         watch.start()
     launcher_gone = threading.Event()
     threading.Thread(target=_watch_stdin, args=(launcher_gone,), daemon=True).start()

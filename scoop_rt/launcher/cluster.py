@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence
@@ -152,11 +151,3 @@ def check_table(names: Sequence[str], contacted: Contacted) -> str:
              for row in rows]
     lines += [f"{name}: {reason}" for name, reason in failures.items()]
     return "\n".join(lines)
-
-
-def default_python() -> str:
-    return sys.executable
-
-
-def default_path() -> str:
-    return os.getcwd()

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import __version__, ipc, shm
+from ..bootstrap import AgentBoot, BrokerBoot, ClientBoot
 from ..config import Config
 from . import output, spawn
 
@@ -115,10 +116,10 @@ class Run:
             os.close(origin_pipe)
             raise
         for proc, (name, _) in zip(self.workers, local):
-            spawn.write_close(proc.stdin, _json(self._client_boot(endpoint, name)))
+            spawn.write_close(proc.stdin, self._client_boot(endpoint, name).to_json().encode())
         watched = [([name], proc) for proc, (name, _) in zip(self.workers, local)]
         spawn.write_close(os.fdopen(origin_pipe, "wb"),
-                          _json(self._client_boot(endpoint, "origin")))
+                          self._client_boot(endpoint, "origin").to_json().encode())
         if listener:
             self._broker_endpoint()  # it started, or the run stops here
         for host_name, host in self.remote.items():
@@ -144,7 +145,7 @@ class Run:
         elif self.spec.advertise:
             endpoint = f"tcp://{self.spec.advertise}:{port}"
         boots = [self._client_boot(endpoint, name, host.name) for name in names]
-        agent = host.start_agent({"workers": boots})
+        agent = host.start_agent(AgentBoot(workers=boots))
         self.forwarder.add(output.ChannelSource(agent.channel, output.stdout(),
                                                 output.stderr()))
         self.workers.append(agent)
@@ -152,26 +153,27 @@ class Run:
 
     def _broker_boot(self) -> bytes:
         listener = self.local_endpoint
-        return _json({"config": self.spec.config.to_dict(), "keys": self.keys,
-                      "version": __version__, "size": self.spec.workers,
-                      "bind": listener.endpoint if listener else self.spec.bind,
-                      "listen_fd": listener.fd if listener else None,
-                      "port_range": self.spec.port_range,
-                      "parent_pid": os.getpid(), "shm": self.shm_token})
+        return BrokerBoot(
+            config=self.spec.config, keys=self.keys, version=__version__,
+            size=self.spec.workers,
+            bind=listener.endpoint if listener else self.spec.bind,
+            listen_fd=listener.fd if listener else None,
+            port_range=self.spec.port_range, parent_pid=os.getpid(),
+            shm=self.shm_token).to_json().encode()
 
     def _client_keys(self) -> dict | None:
         from .. import transport
         return transport.client_keys(self.keys) if self.keys else None
 
-    def _client_boot(self, endpoint: str, name: str, host: str | None = None) -> dict:
+    def _client_boot(self, endpoint: str, name: str, host: str | None = None) -> ClientBoot:
         listener = self.local_endpoint
-        return {"config": self.spec.config.to_dict(), "keys": self._client_keys(),
-                "endpoint": endpoint, "name": name, "size": self.spec.workers,
-                "script": self.spec.script, "argv": self.spec.argv,
-                "host": host or socket.gethostname(),
-                "broker_host": socket.gethostname(), "shm": self.shm_token,
-                "local": not self.remote,
-                "outcomes": listener.outcomes_endpoint if listener else None}
+        return ClientBoot(
+            config=self.spec.config, keys=self._client_keys(), endpoint=endpoint,
+            name=name, size=self.spec.workers, script=self.spec.script,
+            argv=self.spec.argv, host=host or socket.gethostname(),
+            broker_host=socket.gethostname(), shm=self.shm_token,
+            local=not self.remote,
+            outcomes=listener.outcomes_endpoint if listener else None)
 
     def _broker_endpoint(self) -> str:
         """The endpoint the broker reports on its stdout once bound."""
@@ -289,7 +291,3 @@ def _signal(proc: subprocess.Popen, signum: int) -> None:
 def _make_keys() -> dict:
     from .. import transport  # pyzmq: imported while the processes start
     return transport.make_keys()
-
-
-def _json(data: dict) -> bytes:
-    return json.dumps(data).encode()

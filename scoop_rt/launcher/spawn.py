@@ -1,8 +1,10 @@
-"""Starting the processes of a run. Every spawner gives back objects with the
-``subprocess.Popen`` interface the launcher needs (``pid``, ``poll``,
-``wait``, ``terminate``, ``kill``, ``stdin``, ``stdout``, ``stderr``), so the
-run does not care where a process lives. Local now; SSH and the batch
-scheduler's own launcher plug in behind the same ``Spawner`` interface.
+"""Starting the processes of a run on this machine. ``LocalSpawner`` gives
+back objects with the ``subprocess.Popen`` interface the launcher needs
+(``pid``, ``poll``, ``wait``, ``terminate``, ``kill``, ``stdin``, ``stdout``,
+``stderr``). Workers on another host are not started here: the launcher
+starts that host's agent over SSH (``ssh.SSHHost.start_agent``, whose
+``RemoteProcess`` has the same interface), and the agent starts them with a
+``LocalSpawner`` of its own.
 
 A local broker and local workers are forked from the launcher when it can
 (``Forked``): a new interpreter spends about 40 ms of CPU importing pyzmq,
@@ -34,14 +36,7 @@ def module_argv(python: str, module: str, *args: str) -> list:
     return [python, "-m", module, *args]
 
 
-class Spawner:
-    """Where and how the processes of a run start."""
-
-    def start_worker(self, module: str) -> subprocess.Popen:
-        raise NotImplementedError
-
-
-class LocalSpawner(Spawner):
+class LocalSpawner:
     """Processes on this machine, each worker in a session of its own so the
     terminal's Ctrl-C reaches only the origin (the launcher stops the rest).
 

@@ -21,6 +21,10 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..bootstrap import AgentBoot
 
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
@@ -205,13 +209,13 @@ class SSHHost:
             raise self._fail(f"{python} failed there: {_last_line(err)}") from None
         return info
 
-    def start_agent(self, boot: dict) -> "RemoteProcess":
+    def start_agent(self, boot: AgentBoot) -> "RemoteProcess":
         """Start the host agent with its workers' bootstraps."""
         channel = self.client.get_transport().open_session(
             timeout=self.options.connect_timeout)
         channel.exec_command(self.shell(
             [self.options.python, "-m", "scoop_rt.launcher.agent"]))
-        channel.sendall(json.dumps(boot).encode() + b"\n")
+        channel.sendall(boot.to_json().encode() + b"\n")
         return RemoteProcess(self, channel)
 
     def forward_remote_port(self, local_port: int) -> int:
