@@ -4,7 +4,6 @@ broker sends ahead, and what it keeps."""
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
