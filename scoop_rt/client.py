@@ -23,13 +23,14 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable, NamedTuple
 
 import zmq
 
 from . import protocol, serialization, shm, tasks, transport
-from .exits import exit_now
 from .config import Config
+from .exits import exit_now
 from .protocol import Flags, Msg, ProtocolError, Role, TaskState
 
 log = logging.getLogger("scoop_rt")
@@ -61,7 +62,7 @@ ACTIVE_SPAN = 0.1
 class Held(NamedTuple):
     """A task this process holds back instead of sending (see may_hold)."""
 
-    future: "Future"
+    future: Future
     frames: list
     flags: Flags
     since: float   # monotonic time it was held
@@ -71,7 +72,7 @@ class Held(NamedTuple):
 class Future(cf.Future):
     """A PEP 3148 future whose waits drive the connection to the broker."""
 
-    def __init__(self, client: "Client", tid: int, label: str,
+    def __init__(self, client: Client, tid: int, label: str,
                  chunk: bool = False):
         # concurrent.futures.Future's own state, but with the client's one
         # condition instead of a new one per future (a third of what creating
@@ -152,7 +153,7 @@ class Heartbeat(threading.Thread):
     client never waits out a heartbeat interval.
     """
 
-    def __init__(self, client: "Client"):
+    def __init__(self, client: Client):
         super().__init__(name="scoop_rt-heartbeat", daemon=True)
         self.client = client
         self.stopped = threading.Event()
@@ -341,7 +342,7 @@ class Client:
         else it sends arrives (on another socket)."""
         self.sock.send_multipart(protocol.encode(
             Msg.HELLO, self.role.value, self.name, self.host, os.getpid(),
-            _version(), "%d.%d" % sys.version_info[:2]))
+            _version(), "{}.{}".format(*sys.version_info[:2])))
         with transport.stop_signals_held():  # the thread keeps them blocked
             self.heartbeat.start()
         _warm_allocator()  # while the welcome is on its way
@@ -594,7 +595,7 @@ class Client:
         if self._futures.pop(future._tid, None) is not None:
             tasks.settle(future, future._chunk, status, outcome)
 
-    def run_if_held(self, future: "Future") -> None:
+    def run_if_held(self, future: Future) -> None:
         """Run ``future``'s task here if it is the one held back, by this
         thread (another thread's held task is that thread's to run)."""
         held = self._held

@@ -59,7 +59,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Config":
+    def from_dict(cls, data: dict) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -78,7 +78,7 @@ _KIND_NAMES = {bool: "switch (1/0, true/false, yes/no, on/off)",
 _CONVERTERS = {bool: _boolean, int: int, float: float, str: str}
 
 
-def from_environment(environ: "os._Environ | dict | None" = None) -> Config:
+def from_environment(environ: os._Environ | dict | None = None) -> Config:
     """A ``Config`` whose defaults are overridden by ``SCOOP_RT_<FIELD>``.
 
     A value that does not parse is an error naming the variable.

@@ -23,9 +23,9 @@ import traceback
 
 from . import bootstrap, runtime
 from .client import Client, log
-from .exits import exit_code, exit_now
 from .config import Config
 from .envnames import BOOT_FD as ENV_BOOT_FD
+from .exits import exit_code, exit_now
 from .protocol import Msg, Role
 
 # Tasks the origin runs itself, one inside another, at most (each takes

@@ -72,8 +72,8 @@ import os
 import stat
 import struct
 import weakref
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from typing import Iterable, Sequence
 
 log = logging.getLogger("scoop_rt")
 

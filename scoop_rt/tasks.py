@@ -8,7 +8,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import pickle
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import serialization
 from .errors import NoWorkersError, WorkerLostError

@@ -22,13 +22,12 @@ import socket
 import struct
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import zmq
 from zmq.utils import z85
 
-from . import ipc
-from . import protocol
+from . import ipc, protocol
 from .protocol import heartbeat_identity
 
 log = logging.getLogger("scoop_rt")
@@ -219,7 +218,7 @@ def connect_dealer(ctx: zmq.Context, endpoint: str, keys: dict | None,
 
 
 def _serve_curve(ctx: zmq.Context, sock: zmq.Socket, public: str, secret: str,
-                 client_public: str) -> "_OnlyRunClients":
+                 client_public: str) -> _OnlyRunClients:
     """Make ``sock`` a CURVE server with the key pair ``public``/``secret``
     that admits only ``client_public``: the key check starts first."""
     auth = _OnlyRunClients(ctx, client_public)

@@ -19,8 +19,8 @@ import time
 from collections import deque
 
 from . import bootstrap, protocol, runtime, serialization, transport
-from .config import Config
 from .client import Client, log
+from .config import Config
 from .exits import exit_now
 from .protocol import Flags, Msg, Role, Status
 

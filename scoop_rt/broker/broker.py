@@ -74,7 +74,7 @@ class Broker:
     def __init__(self, boot: dict):
         self.config = Config.from_dict(boot["config"])
         self.version: str = boot["version"]
-        self.python: str = "%d.%d" % sys.version_info[:2]
+        self.python: str = "{}.{}".format(*sys.version_info[:2])
         self.size: int = boot["size"]
         self.parent_pid: int = boot.get("parent_pid") or os.getppid()
         self.shm_token: str | None = boot.get("shm")

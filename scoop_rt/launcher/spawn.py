@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..envnames import ROLE as ENV_ROLE
 from ..exits import exit_code, exit_now, flush_stdio

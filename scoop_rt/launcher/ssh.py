@@ -22,7 +22,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 
 # Exit codes of the remote shell prelude, to tell its failures apart.
@@ -205,7 +204,7 @@ class SSHHost:
             raise self._fail(f"{python} failed there: {_last_line(err)}") from None
         return info
 
-    def start_agent(self, boot: dict) -> "RemoteProcess":
+    def start_agent(self, boot: dict) -> RemoteProcess:
         """Start the host agent with its workers' bootstraps."""
         channel = self.client.get_transport().open_session(
             timeout=self.options.connect_timeout)
