@@ -15,6 +15,7 @@ import os
 import sys
 import types
 from collections import namedtuple
+from typing import IO
 
 from . import shm
 from .config import Config
@@ -23,7 +24,7 @@ from .envnames import ROLE as ENV_ROLE
 BrokerInfo = namedtuple("BrokerInfo", "endpoint host")
 
 
-def read(stream: io.RawIOBase | io.TextIOBase) -> dict:
+def read(stream: IO) -> dict:
     """The bootstrap document from a pipe, read to its end."""
     data = stream.read()
     if isinstance(data, bytes):
@@ -71,7 +72,7 @@ def script_module(path: str, module_name: str) -> types.ModuleType:
     from .serialization import SCRIPT_MODULES
     module = types.ModuleType(module_name)
     module.__file__ = path
-    module.__builtins__ = __builtins__
+    module.__builtins__ = __builtins__  # type: ignore[attr-defined]
     module.__loader__ = None
     module.__spec__ = None
     for name in SCRIPT_MODULES:

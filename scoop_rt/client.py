@@ -83,7 +83,7 @@ class Future(cf.Future):
         self._result = None
         self._exception = None
         self._waiters = []
-        self._done_callbacks = []
+        self._done_callbacks: list = []
         self._client = client
         self._tid = tid
         self._label = label
@@ -354,7 +354,7 @@ class Client:
         are marked DIRECT, and waits read both sockets. If it cannot be
         bound, outcomes come through the broker, as on a cluster."""
         try:
-            inbox = transport.OutcomesInbox(self.outcomes_endpoint, self.keys)
+            inbox = transport.OutcomesInbox(self.outcomes_endpoint, self.keys)  # type: ignore[arg-type]
         except OSError as exc:
             log.debug("%s: outcomes come through the broker (%s)", self.name, str(exc))
             return
@@ -735,14 +735,14 @@ class Client:
 
     def _read(self, timeout: float) -> None:
         if self._poller is None:
-            if self.sock.poll(timeout * 1000):
+            if self.sock.poll(timeout * 1000):  # type: ignore[arg-type]
                 self._handle_all(self.sock, self._handlers)
             return
         # Outcomes from workers first: one that arrived before the broker
         # gave up on its task (its worker lost) is the task's outcome.
-        ready = dict(self._poller.poll(timeout * 1000))
-        if self._outcomes_in.fileno() in ready:
-            for frames in self._outcomes_in.read():
+        ready = dict(self._poller.poll(timeout * 1000))  # type: ignore[arg-type]
+        if self._outcomes_in.fileno() in ready:  # type: ignore[union-attr]
+            for frames in self._outcomes_in.read():  # type: ignore[union-attr]
                 self._handle(frames, self._direct_handlers)
         if self.sock in ready:
             self._handle_all(self.sock, self._handlers)
@@ -845,7 +845,7 @@ def wait(client: Client | None, fs: Iterable[cf.Future], timeout: float | None,
             return done, not_done
         if len(done) == len(fs):
             return done, not_done
-        waiter = cf._base._create_and_install_waiters(fs, return_when)
+        waiter = cf._base._create_and_install_waiters(fs, return_when)  # type: ignore[attr-defined]
     try:
         if client is not None:
             client.block_until(waiter.event.is_set, timeout)
@@ -869,8 +869,8 @@ def as_completed(client: Client | None, fs: Iterable[cf.Future],
         finished = {f for f in fs if f._state in (
             cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED)}
         pending = fs - finished
-        waiter = cf._base._create_and_install_waiters(fs, cf._base._AS_COMPLETED)
-    finished = list(finished)
+        waiter = cf._base._create_and_install_waiters(fs, cf._base._AS_COMPLETED)  # type: ignore[attr-defined]
+    finished = list(finished)  # type: ignore[assignment]
     try:
         yield from finished
         while pending:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from .envnames import PREFIX as ENV_PREFIX
 
@@ -75,7 +76,7 @@ def _boolean(text: str) -> bool:
 
 _KIND_NAMES = {bool: "switch (1/0, true/false, yes/no, on/off)",
                int: "whole number", float: "number", str: "text"}
-_CONVERTERS = {bool: _boolean, int: int, float: float, str: str}
+_CONVERTERS: dict[type, Callable[[str], Any]] = {bool: _boolean, int: int, float: float, str: str}
 
 
 def from_environment(environ: os._Environ | dict | None = None) -> Config:

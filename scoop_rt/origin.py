@@ -92,7 +92,7 @@ def run_script(path: str, argv: list) -> int:
         return EXIT_INTERRUPTED
     except BaseException as exc:  # the script's uncaught error: print as Python does
         # Leave out this function's own frame: the traceback starts in the script.
-        traceback.print_exception(type(exc), exc, _script_frames(exc.__traceback__.tb_next))
+        traceback.print_exception(type(exc), exc, _script_frames(exc.__traceback__.tb_next))  # type: ignore[union-attr]
         return 1
     return 0
 

@@ -428,7 +428,7 @@ class OutcomesOutbox:
         try:
             if size > self._largest:
                 raise OSError(errno.EMSGSIZE, f"{size} bytes is over {self._largest}")
-            self._sock.sendmsg(buffers, (), socket.MSG_NOSIGNAL)
+            self._sock.sendmsg(buffers, (), socket.MSG_NOSIGNAL)  # type: ignore[union-attr]
         except BlockingIOError:
             log.debug("an outcome goes through the broker: the origin has not "
                       "read those before it")

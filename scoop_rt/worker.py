@@ -233,7 +233,7 @@ def main() -> None:
     bootstrap.setup_logging(Config.from_dict(boot["config"]), boot["name"])
     bootstrap.publish(boot, is_origin=False)
     # Whole lines reach the launcher as soon as they are printed.
-    sys.stdout.reconfigure(line_buffering=True)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     client = WorkerClient(boot)
     runtime.current = client
     load_script(client, boot)

@@ -72,11 +72,12 @@ def _reach(name: str, options: SSHOptions, config, script: str) -> tuple:
     return host, info
 
 
-def contact(names: Sequence[str], options: SSHOptions, script: str) -> Contacted:
+def contact(names: Sequence[str], options: SSHOptions | None, script: str) -> Contacted:
     """Connect to every remote host at once and probe it."""
     result = Contacted()
     if not names:
         return result
+    assert options is not None, "remote hosts need SSH options"
     from .ssh import HostFailure, load_config
     config = load_config()
     with cf.ThreadPoolExecutor(max_workers=min(32, len(names))) as pool:

@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 
@@ -91,7 +92,7 @@ class SSHHost:
         self.identities = [os.path.expanduser(p) for p in entry.get("identityfile", [])]
         known = entry.get("userknownhostsfile", "")
         self.known_hosts = [os.path.expanduser(p) for p in known.split()]
-        self.client = None  # a paramiko.SSHClient once connected
+        self.client: Any = None  # a paramiko.SSHClient once connected
 
     def __repr__(self) -> str:
         return f"SSHHost({self.name!r})"
@@ -278,11 +279,11 @@ class RemoteProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         end = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
+        while (code := self.poll()) is None:
             if end is not None and time.monotonic() >= end:
-                raise subprocess.TimeoutExpired(f"agent on {self.host.name}", timeout)
+                raise subprocess.TimeoutExpired(f"agent on {self.host.name}", timeout or 0.0)
             time.sleep(0.02)
-        return self.returncode
+        return code
 
     def send_signal(self, signum: int) -> None:
         self.terminate()
