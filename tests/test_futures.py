@@ -11,7 +11,7 @@ import operator
 
 import pytest
 
-from conftest import explain, run_scoop
+from support import explain, run_scoop
 
 
 def report_of(proc):

@@ -17,7 +17,7 @@ import zmq
 from scoop_rt import __version__, protocol, transport
 from scoop_rt.protocol import Flags, Msg, Status
 
-from conftest import explain, real_broker, role_of, run_scoop
+from support import explain, real_broker, role_of, run_scoop
 
 
 def test_prefetch_keeps_results_whole(tmp_path):

@@ -5,7 +5,7 @@ import os
 import re
 import socket
 
-from conftest import explain, run_scoop
+from support import explain, run_scoop
 
 REMOTE_ERROR = """
     import traceback

@@ -4,7 +4,7 @@ are those of a launched run. Each test runs the same script both ways."""
 
 import json
 
-from conftest import explain, run_python, run_scoop
+from support import explain, run_python, run_scoop
 
 SAME_SCRIPT = """
     import json
