@@ -8,11 +8,19 @@ Run with ``python -m scoop_rt -n 8 script.py``. The attributes below describe
 this process's place in the run; the runtime fills them in when it starts.
 """
 
+from __future__ import annotations
+
+# (typing's own would cost every process's start an import; type checkers
+# treat any constant of this name alike)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .bootstrap import BrokerInfo
+
 __version__ = "0.1.0"
 
 IS_ORIGIN = True     # this process runs the script's __main__
 IS_RUNNING = False   # this process belongs to a launched run
-BROKER = None        # BrokerInfo(endpoint, host) of the run's broker
+BROKER: BrokerInfo | None = None  # BrokerInfo(endpoint, host) of the run's broker
 DEBUG = False
 SIZE = 1             # how many workers the run has
 worker = "origin@local"  # this process's name in the run, unique per process

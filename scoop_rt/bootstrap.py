@@ -77,7 +77,7 @@ import sys
 import types
 from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import Any, Type, TypeVar
+from typing import IO, Any, TypeVar
 
 from . import shm
 from .config import Config
@@ -100,17 +100,17 @@ class _Boot:
     def to_dict(self) -> dict:
         """A dict of plain JSON values, every field present."""
         return {f.name: self._encode(f.name, getattr(self, f.name))
-                for f in dataclasses.fields(self)}
+                for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls: Type[B], data: Any) -> B:
+    def from_dict(cls: type[B], data: Any) -> B:
         what = cls.__name__
         if not isinstance(data, dict):
             raise BootError(f"{what}: expected a JSON object, got {type(data).__name__}")
-        fields = dataclasses.fields(cls)
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
         names = {f.name for f in fields}
         unknown = sorted(str(key) for key in data if key not in names)
         if unknown:
@@ -123,7 +123,7 @@ class _Boot:
         return cls(**{key: cls._decode(key, value) for key, value in data.items()})
 
     @classmethod
-    def from_json(cls: Type[B], text: str | bytes) -> B:
+    def from_json(cls: type[B], text: str | bytes) -> B:
         try:
             data = json.loads(text)
         except ValueError as exc:
@@ -204,7 +204,7 @@ class AgentBoot(_Boot):
         return super()._decode(name, value)
 
 
-def read(stream: io.RawIOBase | io.TextIOBase, kind: Type[B]) -> B:
+def read(stream: IO[Any], kind: type[B]) -> B:
     """The bootstrap document of type ``kind`` from a pipe, read to its end.
     A document that is not one exits with a line saying what is wrong."""
     data = stream.read()
@@ -255,7 +255,7 @@ def script_module(path: str, module_name: str) -> types.ModuleType:
     from .serialization import SCRIPT_MODULES
     module = types.ModuleType(module_name)
     module.__file__ = path
-    module.__builtins__ = __builtins__
+    module.__builtins__ = __builtins__  # type: ignore[attr-defined]
     module.__loader__ = None
     module.__spec__ = None
     for name in SCRIPT_MODULES:

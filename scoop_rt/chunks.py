@@ -12,7 +12,8 @@ left run, the others are dropped.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Callable
 
 from . import protocol, serialization, shm, transport, tuning
 from .protocol import Msg

@@ -18,12 +18,12 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import zmq
 
-from . import chunks as _chunks
-from . import bootstrap, protocol, serialization, tasks, transport, tuning
+from . import bootstrap, chunks as _chunks, protocol, serialization, tasks, transport, tuning
 from .bootstrap import ClientBoot
 from .connection import Connection
 from .constants import Constants
@@ -92,7 +92,7 @@ class Client:
         from . import __version__
         self.conn.sock.send_multipart(protocol.encode(
             Msg.HELLO, self.role.value, self.name, self.host, self.pid,
-            __version__, "%d.%d" % sys.version_info[:2]))
+            __version__, "{}.{}".format(*sys.version_info[:2])))
         with transport.stop_signals_held():  # the thread keeps them blocked
             self.heartbeat.start()
         bootstrap.warm_allocator()  # while the welcome is on its way

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from .envnames import PREFIX as ENV_PREFIX
 
@@ -57,7 +58,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Config":
+    def from_dict(cls, data: dict) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -73,10 +74,10 @@ def _boolean(text: str) -> bool:
 
 _KIND_NAMES = {bool: "switch (1/0, true/false, yes/no, on/off)",
                int: "whole number", float: "number", str: "text"}
-_CONVERTERS = {bool: _boolean, int: int, float: float, str: str}
+_CONVERTERS: dict[type, Callable[[str], Any]] = {bool: _boolean, int: int, float: float, str: str}
 
 
-def from_environment(environ: "os._Environ | dict | None" = None) -> Config:
+def from_environment(environ: os._Environ | dict | None = None) -> Config:
     """A ``Config`` whose defaults are overridden by ``SCOOP_RT_<FIELD>``.
 
     A value that does not parse is an error naming the variable.

@@ -144,12 +144,12 @@ class Connection:
 
     def _read(self, timeout: float) -> None:
         if self._poller is None:
-            if self.sock.poll(timeout * 1000):
+            if self.sock.poll(int(timeout * 1000)):
                 self._handle_all()
             return
         # Outcomes from workers first: one that arrived before the broker
         # gave up on its task (its worker lost) is the task's outcome.
-        ready = dict(self._poller.poll(timeout * 1000))
+        ready = dict(self._poller.poll(int(timeout * 1000)))
         if self._inbox is not None and self._inbox.fileno() in ready:
             for frames in self._inbox.read():
                 self._handle(frames, self._inbox_handlers)

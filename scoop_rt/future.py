@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .protocol import TaskState
 

@@ -15,15 +15,14 @@ import math
 import operator
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable
 
-from . import future as _future
-from . import runtime as _runtime
-from . import serialization
-from .future import Future
+from . import future as _future, runtime as _runtime, serialization
 from .config import Config
-from .protocol import Flags
 from .errors import NoWorkersError, RemoteError, RemoteTraceback, WorkerLostError
+from .future import Future
+from .protocol import Flags
 
 __all__ = [
     "submit", "options", "map", "map_as_completed", "as_completed", "wait", "shutdown",

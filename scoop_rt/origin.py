@@ -16,8 +16,8 @@ import threading
 import traceback
 
 from . import bootstrap, protocol, runtime, transport, tuning
-from .client import Client, log
 from .bootstrap import ClientBoot
+from .client import Client, log
 from .envnames import BOOT_FD as ENV_BOOT_FD
 from .exits import exit_code, exit_now
 from .protocol import Flags, Msg, Role
@@ -108,7 +108,7 @@ def run_script(path: str, argv: list) -> int:
         return EXIT_INTERRUPTED
     except BaseException as exc:  # the script's uncaught error: print as Python does
         # Leave out this function's own frame: the traceback starts in the script.
-        traceback.print_exception(type(exc), exc, _script_frames(exc.__traceback__.tb_next))
+        traceback.print_exception(type(exc), exc, _script_frames(exc.__traceback__.tb_next))  # type: ignore[union-attr]
         return 1
     return 0
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 from . import protocol, transport, tuning
 from .protocol import Msg

@@ -72,8 +72,9 @@ runs (its prefetch), so short tasks never wait for a round trip; ``RETURN``
 gives back tasks a worker holds but has not started once its running task has
 run long, for the broker to hand to whoever is free. ``NOTICE``
 carries a line for the user (a worker lost, and why) to the origin, whose
-heartbeat thread logs it at once, busy script or not. ``PROBE`` asks where a submitted task stands (``TaskState``), and with
-``cancel`` set drops it if no worker has it yet. ``PING`` comes from a client's heartbeat socket,
+heartbeat thread logs it at once, busy script or not. ``PROBE`` asks where
+a submitted task stands (``TaskState``), and with ``cancel`` set drops it if
+no worker has it yet. ``PING`` comes from a client's heartbeat socket,
 whose identity is the client's own plus ``HEARTBEAT_SUFFIX``.
 
 The origin's socket for DIRECT outcomes is a Unix ``SOCK_SEQPACKET``
@@ -96,7 +97,8 @@ from __future__ import annotations
 import enum
 import struct
 from collections import namedtuple
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 VERSION = 5
 
@@ -289,7 +291,7 @@ def encode_batch(msg_type: Msg, entries: Sequence[tuple], *fields: Any) -> list:
     return encode(msg_type, index, b"".join(heads), *fields, payload=rest)
 
 
-def split_batch(msg: "Message") -> list:
+def split_batch(msg: Message) -> list:
     """The ``(tid, flags or status, payload frames)`` entries of a batch
     (``decode`` has checked that its index matches its frames)."""
     index, heads, rest = msg.fields.index, msg.fields.heads, msg.payload

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from . import serialization, tasks
 

@@ -22,7 +22,8 @@ import sys
 import threading
 import traceback
 import types
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from . import shm
 from .errors import RemoteError, RemoteTraceback

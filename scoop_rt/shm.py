@@ -72,8 +72,9 @@ import os
 import stat
 import struct
 import weakref
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from typing import Iterable, Sequence
+from typing import TypeVar
 
 log = logging.getLogger("scoop_rt")
 
@@ -233,7 +234,10 @@ def names(frames: Sequence) -> list[str]:
     return [name for _, name in _references(frames)]
 
 
-def unlink_when_done(future: Future, names: list[str]) -> Future:
+F = TypeVar("F", bound=Future)
+
+
+def unlink_when_done(future: F, names: list[str]) -> F:
     """Remove the files ``names`` (a task's arguments) once ``future`` has
     settled, however it settles: nothing can run the task any more."""
     if names:

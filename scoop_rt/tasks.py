@@ -8,7 +8,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import pickle
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import serialization
 from .errors import NoWorkersError, WorkerLostError
@@ -100,8 +100,8 @@ def _settle(future: cf.Future, chunk: bool, status: int, payload: Sequence) -> N
 
 def lost_error(payload: Sequence) -> Exception:
     """The error of a task the broker gave up on (its text is the payload)."""
-    text = b"".join(f if isinstance(f, bytes) else f.bytes for f in payload)
-    text = text.decode("utf-8", "replace")
+    text = b"".join(f if isinstance(f, bytes) else f.bytes
+                    for f in payload).decode("utf-8", "replace")
     if text.startswith("no workers"):
         return NoWorkersError(text)
     return WorkerLostError(text)

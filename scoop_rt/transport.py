@@ -22,13 +22,12 @@ import socket
 import struct
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import zmq
 from zmq.utils import z85
 
-from . import ipc
-from . import protocol
+from . import ipc, protocol
 from .protocol import heartbeat_identity
 
 log = logging.getLogger("scoop_rt")
@@ -219,7 +218,7 @@ def connect_dealer(ctx: zmq.Context, endpoint: str, keys: dict | None,
 
 
 def _serve_curve(ctx: zmq.Context, sock: zmq.Socket, public: str, secret: str,
-                 client_public: str) -> "_OnlyRunClients":
+                 client_public: str) -> _OnlyRunClients:
     """Make ``sock`` a CURVE server with the key pair ``public``/``secret``
     that admits only ``client_public``: the key check starts first."""
     auth = _OnlyRunClients(ctx, client_public)
@@ -429,7 +428,7 @@ class OutcomesOutbox:
         try:
             if size > self._largest:
                 raise OSError(errno.EMSGSIZE, f"{size} bytes is over {self._largest}")
-            self._sock.sendmsg(buffers, (), socket.MSG_NOSIGNAL)
+            self._sock.sendmsg(buffers, (), socket.MSG_NOSIGNAL)  # type: ignore[union-attr]
         except BlockingIOError:
             log.debug("an outcome goes through the broker: the origin has not "
                       "read those before it")

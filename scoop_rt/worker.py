@@ -19,8 +19,8 @@ import time
 from collections import deque
 
 from . import bootstrap, protocol, runtime, serialization, transport, tuning
-from .client import Client, log
 from .bootstrap import ClientBoot
+from .client import Client, log
 from .exits import exit_now
 from .prefetch import Prefetch
 from .protocol import Flags, Msg, Role, Status
@@ -195,7 +195,7 @@ def main() -> None:
     bootstrap.setup_logging(boot.config, boot.name)
     bootstrap.publish(boot, is_origin=False)
     # Whole lines reach the launcher as soon as they are printed.
-    sys.stdout.reconfigure(line_buffering=True)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     client = Client(boot, Role.WORKER, "worker {name} (host {host}, pid {pid})")
     serving = Serving(client, boot.outcomes)
     runtime.current = client

@@ -18,7 +18,7 @@ import zmq
 from scoop_rt import __version__, protocol, transport
 from scoop_rt.config import Config
 from scoop_rt.protocol import Msg
-from conftest import real_broker, role_of
+from support import real_broker, role_of
 
 TIMEOUT = 120
 

@@ -11,7 +11,7 @@ import operator
 
 import pytest
 
-from conftest import explain, run_scoop
+from support import explain, run_scoop
 
 
 def report_of(proc):
@@ -112,7 +112,7 @@ MAP_CALLABLES = """
         begin = time.monotonic()
         try:
             list(futures.map(time.sleep, [1.5], timeout=0.5))
-        except TimeoutError as exc:
+        except futures.TimeoutError as exc:
             out["timeout"] = [type(exc).__name__, round(time.monotonic() - begin, 1)]
         print(json.dumps(out))
     """
@@ -206,11 +206,11 @@ FUTURE_METHODS = """
         begin = time.monotonic()
         try:
             f.result(timeout=0.2)
-        except TimeoutError:
+        except futures.TimeoutError:
             out["result_timeout"] = round(time.monotonic() - begin, 1)
         try:
             f.exception(timeout=0.1)
-        except TimeoutError:
+        except futures.TimeoutError:
             out["exception_timeout"] = True
         out["done_while_running"] = f.done()
         end = time.monotonic() + 5
@@ -355,13 +355,13 @@ WAITING = """
         begin = time.monotonic()
         try:
             list(futures.map_as_completed(slow, [1], [1.2], timeout=0.3))
-        except TimeoutError:
+        except futures.TimeoutError:
             out["map_as_completed_timeout"] = round(time.monotonic() - begin, 1)
         begin = time.monotonic()
         try:
             for f in futures.as_completed([futures.submit(slow, 1, 1.2)], timeout=0.3):
                 pass
-        except TimeoutError:
+        except futures.TimeoutError:
             out["as_completed_timeout"] = round(time.monotonic() - begin, 1)
         begin = time.monotonic()
         pending = futures.submit(slow, "pending", 1.2)

@@ -11,7 +11,7 @@ import psutil
 
 import scoop_rt
 
-from conftest import explain, run_argv, run_scoop, scoop_argv, scoop_env, write_script
+from support import explain, run_argv, run_scoop, scoop_argv, scoop_env, write_script
 
 
 def test_script_arguments_and_exit_code(tmp_path):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import explain, run_scoop
+from support import explain, run_scoop
 
 FIB = """
     import sys

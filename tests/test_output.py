@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import explain, run_scoop
+from support import explain, run_scoop
 
 WIDTH = 2000
 TAGS = "abcdef"

@@ -18,7 +18,7 @@ from scoop_rt.bootstrap import ClientBoot
 from scoop_rt.config import Config
 from scoop_rt.protocol import Flags, Msg, Status
 
-from conftest import explain, real_broker, role_of, run_scoop
+from support import explain, real_broker, role_of, run_scoop
 
 
 def test_prefetch_keeps_results_whole(tmp_path):

@@ -5,7 +5,7 @@ import os
 import re
 import socket
 
-from conftest import explain, run_scoop
+from support import explain, run_scoop
 
 REMOTE_ERROR = """
     import traceback
@@ -31,7 +31,9 @@ REMOTE_ERROR = """
             out["submit"] = {"type": type(exc).__name__,
                              "same_class": type(exc) is PlanError,
                              "args": list(exc.args),
-                             "cause": "".join(traceback.format_exception(exc.__cause__))
+                             "cause": "".join(traceback.format_exception(
+                                 type(exc.__cause__), exc.__cause__,
+                                 exc.__cause__.__traceback__))
                                       if exc.__cause__ is not None else None}
         try:
             list(futures.map(divide, [1, 2, 0, 4]))

@@ -190,7 +190,18 @@ def finish(proc, go_file):
 
 
 def can_drop_privileges():
-    return os.geteuid() == 0 and shutil.which("setpriv") is not None
+    """Whether a process can be run as nobody; fails the test if root could,
+    but nobody cannot run this interpreter (one under /root, say)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            sys.executable, "-c", "pass"],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    if probe.returncode != 0:
+        pytest.fail(f"nobody cannot run {sys.executable} ({probe.stderr.strip()}): let "
+                    "other users pass through the folders it is in (chmod o+x), as "
+                    ".ci/run does for pyenv's")
+    return True
 
 
 # A local run listens on a Unix socket; --port-range makes it use TCP, as a

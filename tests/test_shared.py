@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import explain, run_scoop
+from support import explain, run_scoop
 
 CONSTANTS = """
     from scoop_rt import shared

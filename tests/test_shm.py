@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import explain, run_python, run_scoop
+from support import explain, run_python, run_scoop
 from scoop_rt import serialization, shm
 from scoop_rt.launcher.run import Run, RunSpec
 

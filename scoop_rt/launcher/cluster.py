@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from . import hosts as hostlib
 from .. import __version__
+from . import hosts as hostlib
 from .hosts import Host, HostError
 
 if TYPE_CHECKING:  # SSH is imported only for runs that have remote hosts
@@ -70,11 +71,12 @@ def _reach(name: str, options: SSHOptions, config, script: str) -> tuple:
     return host, info
 
 
-def contact(names: Sequence[str], options: SSHOptions, script: str) -> Contacted:
+def contact(names: Sequence[str], options: SSHOptions | None, script: str) -> Contacted:
     """Connect to every remote host at once and probe it."""
     result = Contacted()
     if not names:
         return result
+    assert options is not None, "remote hosts need SSH options"
     from .ssh import HostFailure, load_config
     config = load_config()
     with cf.ThreadPoolExecutor(max_workers=min(32, len(names))) as pool:
@@ -103,7 +105,7 @@ def _problem(info: dict, options: SSHOptions, script: str) -> str | None:
         return (f"scoop_rt cannot be imported by {options.python} there "
                 f"({info.get('error', 'not installed')}); install it, or pass "
                 "--python-interpreter or --prolog to pick an environment with it")
-    mine = (__version__, "%d.%d" % sys.version_info[:2])
+    mine = (__version__, "{}.{}".format(*sys.version_info[:2]))
     theirs = (info["scoop_rt"], ".".join(info["python"].split(".")[:2]))
     if theirs != mine:
         return (f"it runs scoop_rt {theirs[0]} on Python {theirs[1]}, but this "

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 
 class HostError(ValueError):
@@ -53,7 +53,7 @@ def parse_hostfile(text: str, path: str = "hostfile") -> list[Host]:
         if not line:
             continue
         match = _HOSTFILE_LINE.match(line)
-        slots = match and match.group(2)
+        slots = match.group(2) if match else None
         if not match or (slots is not None and not slots.isdigit()):
             raise HostError(
                 f"{path}, line {number}: {raw.strip()!r} is not 'host', "
@@ -145,7 +145,9 @@ def slurm_tasks_per_node(expr: str) -> list[int]:
 def _slurm(env: Mapping[str, str]) -> tuple[list[Host], int | None]:
     nodes = slurm_nodelist(env.get("SLURM_JOB_NODELIST") or env["SLURM_NODELIST"])
     tasks = env.get("SLURM_TASKS_PER_NODE")
-    counts = slurm_tasks_per_node(tasks) if tasks else [None] * len(nodes)
+    counts: Sequence[int | None] = [None] * len(nodes)
+    if tasks:
+        counts = slurm_tasks_per_node(tasks)
     if len(counts) != len(nodes):
         raise HostError(f"SLURM_TASKS_PER_NODE={tasks!r} does not match "
                         f"{len(nodes)} nodes")
@@ -211,12 +213,12 @@ def distribute(hosts: Sequence[Host], total: int | None) -> list[tuple[str, int]
     """Workers per host. Without ``total``, each host's slots. With fewer than
     the slots, hosts are filled in order; with more, the extra go round-robin
     over the hosts. Every host's slots must be known."""
-    slots = [(h.name, h.slots) for h in hosts]
-    if any(s is None for _, s in slots):
+    slots = [(h.name, h.slots) for h in hosts if h.slots is not None]
+    if len(slots) < len(hosts):
         raise ValueError("distribute() needs every host's slots")
     if total is None:
-        return [(name, s) for name, s in slots]
-    counts = []
+        return slots
+    counts: list[list] = []
     left = total
     for name, s in slots:
         take = min(s, left)

@@ -76,6 +76,7 @@ def spawn_origin(environ) -> tuple:
     env = dict(environ)
     env[envnames.ROLE] = "origin"
     env[envnames.BOOT_FD] = str(boot_read)
+    ours: list[int | None]  # our end of each pipe; None for a terminal
     actions, ours, theirs = [], [], [boot_read]
     for fd in (1, 2):
         if os.isatty(fd):
@@ -92,9 +93,9 @@ def spawn_origin(environ) -> tuple:
                              [sys.executable, "-m", "scoop_rt.origin"], env,
                              file_actions=actions, setsigmask=(_SIGINT,))
     except BaseException:
-        for fd in [*ours, boot_write]:
-            if fd is not None:
-                os.close(fd)
+        for end in [*ours, boot_write]:
+            if end is not None:
+                os.close(end)
         raise
     finally:
         for fd in theirs:

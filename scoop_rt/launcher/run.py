@@ -93,7 +93,7 @@ class Run:
         for pipe, target in ((self.origin.stdout, output.stdout()),
                              (self.origin.stderr, output.stderr())):
             if pipe is not None:
-                self.forwarder.add_pipe(pipe, target, end_line=False)
+                self.forwarder.add_pipe(pipe, target, end_line=False)  # type: ignore[arg-type]
         try:
             self.broker = self.spawner.start_broker(
                 "scoop_rt.broker", pass_fds=(listener.fd,) if listener else ())
@@ -127,12 +127,12 @@ class Run:
             if mine:
                 watched.append((mine, self._start_remote(host, endpoint, mine)))
         from .watch import WorkerWatch
-        self.watch = WorkerWatch(endpoint, self._client_keys(), watched)
-        self.watch.start()
+        self.watch = WorkerWatch(endpoint, self._client_keys(), watched)  # type: ignore[assignment]
+        self.watch.start()  # type: ignore[attr-defined]
 
     def _names(self) -> list:
         """(worker name, host) for every worker, numbered over the run."""
-        names = []
+        names: list = []
         for host, count in self.spec.placement:
             names += [(f"w{len(names) + i}", host) for i in range(count)]
         return names
@@ -177,14 +177,14 @@ class Run:
 
     def _broker_endpoint(self) -> str:
         """The endpoint the broker reports on its stdout once bound."""
-        out = self.broker.stdout
+        out = self.broker.stdout  # type: ignore[union-attr]
         ready, _, _ = select.select([out], [], [], BROKER_START_TIMEOUT)
-        line = out.readline() if ready else b""
-        out.close()
+        line = out.readline() if ready else b""  # type: ignore[union-attr]
+        out.close()  # type: ignore[union-attr]
         try:
             return json.loads(line)["endpoint"]
         except (ValueError, KeyError, TypeError):
-            code = self.broker.poll()
+            code = self.broker.poll()  # type: ignore[union-attr]
             why = (f"it exited with code {code}" if code is not None
                    else f"it said nothing for {BROKER_START_TIMEOUT:.0f} s")
             raise LaunchError(f"the broker did not start: {why}") from None
@@ -204,8 +204,8 @@ class Run:
             if self._signal and time.monotonic() > self._signal[1] + STOP_TIMEOUT:
                 log.error("the script did not stop within %g s of %s; killing it",
                           STOP_TIMEOUT, signal.Signals(self._signal[0]).name)
-                self.origin.kill()
-                self.origin.wait()
+                self.origin.kill()  # type: ignore[union-attr]
+                self.origin.wait()  # type: ignore[union-attr]
                 return 128 + self._signal[0]
 
     def terminate(self, signum: int = signal.SIGTERM) -> None:
@@ -231,7 +231,7 @@ class Run:
             if spawn.wait_quietly(self.broker, min(0.01, left)) is not None:
                 return True
             if all(p.poll() is not None for p in others):
-                _signal(self.broker, signal.SIGKILL)  # it starts no processes
+                _signal(self.broker, signal.SIGKILL)  # type: ignore[arg-type]  # it starts no processes
                 return True
             if not left:
                 return False

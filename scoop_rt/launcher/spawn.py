@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..envnames import ROLE as ENV_ROLE
 from ..exits import exit_code, exit_now, flush_stdio
@@ -106,14 +106,14 @@ class Child:
 
     def wait(self, timeout: float | None = None) -> int:
         if timeout is None:
-            return self._reap(0)
+            return self._reap(0)  # type: ignore[return-value]  # (a blocking wait)
         end = time.monotonic() + timeout
-        while self.poll() is None:
+        while (code := self.poll()) is None:
             left = end - time.monotonic()
             if left <= 0:
                 raise subprocess.TimeoutExpired(self.args, timeout)
             _sleep_on(self.pid, left)
-        return self.returncode
+        return code
 
     def _reap(self, flags: int) -> int | None:
         with self._lock:
@@ -239,7 +239,7 @@ def is_local(proc) -> bool:
 
 def _own_group(proc: subprocess.Popen) -> subprocess.Popen:
     """Mark a process started as the leader of a group of its own."""
-    proc.own_group = True
+    proc.own_group = True  # type: ignore[attr-defined]
     return proc
 
 

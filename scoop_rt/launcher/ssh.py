@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..bootstrap import AgentBoot
@@ -96,7 +96,7 @@ class SSHHost:
         self.identities = [os.path.expanduser(p) for p in entry.get("identityfile", [])]
         known = entry.get("userknownhostsfile", "")
         self.known_hosts = [os.path.expanduser(p) for p in known.split()]
-        self.client = None  # a paramiko.SSHClient once connected
+        self.client: Any = None  # a paramiko.SSHClient once connected
 
     def __repr__(self) -> str:
         return f"SSHHost({self.name!r})"
@@ -209,7 +209,7 @@ class SSHHost:
             raise self._fail(f"{python} failed there: {_last_line(err)}") from None
         return info
 
-    def start_agent(self, boot: AgentBoot) -> "RemoteProcess":
+    def start_agent(self, boot: AgentBoot) -> RemoteProcess:
         """Start the host agent with its workers' bootstraps."""
         channel = self.client.get_transport().open_session(
             timeout=self.options.connect_timeout)
@@ -283,11 +283,11 @@ class RemoteProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         end = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
+        while (code := self.poll()) is None:
             if end is not None and time.monotonic() >= end:
-                raise subprocess.TimeoutExpired(f"agent on {self.host.name}", timeout)
+                raise subprocess.TimeoutExpired(f"agent on {self.host.name}", timeout or 0.0)
             time.sleep(0.02)
-        return self.returncode
+        return code
 
     def send_signal(self, signum: int) -> None:
         self.terminate()

@@ -66,7 +66,7 @@ class WorkerWatch(threading.Thread):
         try:
             sock.send_multipart(protocol.encode(
                 Msg.HELLO, Role.WATCHER.value, "watcher", socket.gethostname(),
-                os.getpid(), __version__, "%d.%d" % sys.version_info[:2]))
+                os.getpid(), __version__, "{}.{}".format(*sys.version_info[:2])))
             watching = list(self.workers)
             due: list = []  # (when, names, reason)
             while (watching or due) and not self._stopping.wait(_POLL):

@@ -789,7 +789,7 @@ def make_ssh_hosts(count: int = 3, **options) -> HostSet:
 
 
 # --------------------------------------------------------------------------
-# pytest fixtures (conftest.py imports them)
+# pytest fixtures (tests/conftest.py imports them)
 
 
 # One set per session even if this fixture is registered twice (say, imported by
