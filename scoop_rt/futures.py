@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
-from . import future as _future, runtime as _runtime, serialization
+from . import future as _future, runtime as _runtime, serialization, tuning
 from .config import Config
 from .errors import NoWorkersError, RemoteError, RemoteTraceback, WorkerLostError
 from .future import Future
@@ -101,10 +101,9 @@ class _Feeder:
     Calls per chunk: when the input's length is known, enough for a few
     chunks per worker, so workers share the load; otherwise the size adapts,
     starting at one call and doubling while chunks come back within
-    ``FAST`` seconds, halving when they take over ``SLOW``.
+    ``tuning.MAP_CHUNK_FAST`` seconds, halving when they take over
+    ``MAP_CHUNK_SLOW``.
     """
-
-    FAST, SLOW, LARGEST = 0.05, 0.5, 4096
 
     def __init__(self, fn: Callable, iterables: tuple, chunksize: int | None):
         if _shut_down:
@@ -117,7 +116,7 @@ class _Feeder:
         if chunksize is not None:
             self.size = max(1, int(chunksize))
         elif length is not None:
-            self.size = max(1, math.ceil(length / (self.rt.size * 4)))
+            self.size = max(1, math.ceil(length / (self.rt.size * tuning.MAP_CHUNKS_PER_WORKER)))
         else:
             self.size = 1
         # One iterable: its items travel as they are, and run as fn(item);
@@ -174,9 +173,9 @@ class _Feeder:
         if calls < self.size:
             return  # a chunk of an older size says nothing of this one
         took = time.monotonic() - started
-        if took < self.FAST:
-            self.size = min(self.size * 2, self.LARGEST)
-        elif took > self.SLOW:
+        if took < tuning.MAP_CHUNK_FAST:
+            self.size = min(self.size * 2, tuning.MAP_CHUNK_LARGEST)
+        elif took > tuning.MAP_CHUNK_SLOW:
             self.size = max(1, self.size // 2)
 
 

@@ -78,3 +78,33 @@ PREFETCH_SMOOTHING = 0.2
 PREFETCH_HYSTERESIS = 4
 # Longest an outcome waits for the next ones of its batch before it goes.
 RESULT_WAIT = 0.0005
+
+# -- maps (futures.py) ----------------------------------------------------------
+
+# A map over an input of known length is cut into this many chunks per
+# worker: more chunks even out uneven tasks; fewer cost fewer messages.
+MAP_CHUNKS_PER_WORKER = 4
+# A map over a generator sizes its chunks as it goes: starting at one call,
+# doubling while chunks come back within MAP_CHUNK_FAST seconds, halving
+# when they take over MAP_CHUNK_SLOW, never over MAP_CHUNK_LARGEST calls.
+MAP_CHUNK_FAST = 0.05
+MAP_CHUNK_SLOW = 0.5
+MAP_CHUNK_LARGEST = 4096
+
+# -- the launcher (launcher/) ---------------------------------------------------
+
+# How long the broker may take to say where it listens before the run fails.
+BROKER_START_TIMEOUT = 30.0
+# Seconds the script gets to stop after Ctrl-C or SIGTERM before it is
+# killed: time for its own cleanup against a prompt stop.
+STOP_TIMEOUT = 4.0
+# Seconds a process gets to leave once the broker is gone, before the
+# launcher terminates it: a joined worker leaves within this on its own.
+LEAVE_TIME = 0.05
+# How often the launcher (WATCH_POLL) and a host agent (AGENT_POLL) look at
+# their worker processes: sooner reports against wake-ups of an idle launcher.
+WATCH_POLL = 0.1
+AGENT_POLL = 0.2
+# A host agent's exit is reported this late: its own reports on its workers
+# say more, and come first.
+AGENT_DELAY = 1.0

@@ -18,11 +18,10 @@ import sys
 import threading
 import time
 
+from .. import tuning
 from ..bootstrap import AgentBoot, BootError
 from . import output, spawn
 from .watch import WorkerWatch
-
-_POLL = 0.2
 
 
 def main() -> None:
@@ -52,7 +51,7 @@ def main() -> None:
     threading.Thread(target=_watch_stdin, args=(launcher_gone,), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: launcher_gone.set())
     while not launcher_gone.is_set() and any(p.poll() is None for p in workers):
-        launcher_gone.wait(_POLL)
+        launcher_gone.wait(tuning.AGENT_POLL)
     if watch is not None:
         watch.stop(report_exited=not launcher_gone.is_set())
     if launcher_gone.is_set():

@@ -24,16 +24,13 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from .. import __version__, ipc, shm
+from .. import __version__, ipc, shm, tuning
 from ..bootstrap import AgentBoot, BrokerBoot, ClientBoot
 from ..config import Config
 from . import output, spawn
 
 log = logging.getLogger("scoop_rt")
 
-BROKER_START_TIMEOUT = 30.0
-STOP_TIMEOUT = 4.0  # seconds the script gets to stop after Ctrl-C or SIGTERM
-LEAVE_TIME = 0.05   # seconds a process gets to leave once the broker is gone
 
 
 class LaunchError(Exception):
@@ -178,7 +175,7 @@ class Run:
     def _broker_endpoint(self) -> str:
         """The endpoint the broker reports on its stdout once bound."""
         out = self.broker.stdout  # type: ignore[union-attr]
-        ready, _, _ = select.select([out], [], [], BROKER_START_TIMEOUT)
+        ready, _, _ = select.select([out], [], [], tuning.BROKER_START_TIMEOUT)
         line = out.readline() if ready else b""  # type: ignore[union-attr]
         out.close()  # type: ignore[union-attr]
         try:
@@ -186,7 +183,7 @@ class Run:
         except (ValueError, KeyError, TypeError):
             code = self.broker.poll()  # type: ignore[union-attr]
             why = (f"it exited with code {code}" if code is not None
-                   else f"it said nothing for {BROKER_START_TIMEOUT:.0f} s")
+                   else f"it said nothing for {tuning.BROKER_START_TIMEOUT:.0f} s")
             raise LaunchError(f"the broker did not start: {why}") from None
 
     # -- wait and stop --------------------------------------------------------
@@ -194,16 +191,16 @@ class Run:
     def wait(self) -> int:
         """Wait for the origin; the run's exit code (the script's).
 
-        After a stop signal the script gets ``STOP_TIMEOUT`` seconds to end;
+        After a stop signal the script gets ``tuning.STOP_TIMEOUT`` seconds to end;
         then the origin is killed and the code is the signal's (128 + n).
         """
         while True:
             code = spawn.wait_quietly(self.origin, 0.5)
             if code is not None:
                 return spawn.exit_status(code)
-            if self._signal and time.monotonic() > self._signal[1] + STOP_TIMEOUT:
+            if self._signal and time.monotonic() > self._signal[1] + tuning.STOP_TIMEOUT:
                 log.error("the script did not stop within %g s of %s; killing it",
-                          STOP_TIMEOUT, signal.Signals(self._signal[0]).name)
+                          tuning.STOP_TIMEOUT, signal.Signals(self._signal[0]).name)
                 self.origin.kill()  # type: ignore[union-attr]
                 self.origin.wait()  # type: ignore[union-attr]
                 return 128 + self._signal[0]
@@ -257,7 +254,7 @@ class Run:
         for proc in procs:
             if spawn.never_connected(proc):
                 _signal(proc, signal.SIGTERM)
-        if not _wait_all(procs, LEAVE_TIME):
+        if not _wait_all(procs, tuning.LEAVE_TIME):
             for proc in procs:
                 _signal(proc, signal.SIGTERM)
             _wait_all(procs, 0.3)

@@ -17,12 +17,9 @@ import time
 
 import zmq
 
-from .. import __version__, protocol, transport
+from .. import __version__, protocol, transport, tuning
 from ..protocol import Msg, Role
 from . import spawn
-
-_POLL = 0.1
-AGENT_DELAY = 1.0
 
 
 def describe_exit(returncode: int) -> str:
@@ -41,7 +38,7 @@ class WorkerWatch(threading.Thread):
         """``workers``: [(names, process)]: a worker process has one name, a
         host agent (``ssh.RemoteProcess``) the names of all the workers it
         started. An agent's own reports on its workers say more than its
-        exit does, so its exit is reported ``AGENT_DELAY`` seconds late, and
+        exit does, so its exit is reported ``tuning.AGENT_DELAY`` seconds late, and
         only for workers the broker has not heard of yet."""
         super().__init__(name="scoop_rt-watch", daemon=True)
         self.endpoint = endpoint
@@ -69,7 +66,7 @@ class WorkerWatch(threading.Thread):
                 os.getpid(), __version__, "{}.{}".format(*sys.version_info[:2])))
             watching = list(self.workers)
             due: list = []  # (when, names, reason)
-            while (watching or due) and not self._stopping.wait(_POLL):
+            while (watching or due) and not self._stopping.wait(tuning.WATCH_POLL):
                 now = time.monotonic()
                 for names, proc in list(watching):
                     code = proc.poll()
@@ -79,7 +76,7 @@ class WorkerWatch(threading.Thread):
                     if spawn.is_local(proc):
                         due.append((now, names, describe_exit(code)))
                     else:
-                        due.append((now + AGENT_DELAY, names,
+                        due.append((now + tuning.AGENT_DELAY, names,
                                     f"its host's agent ended ({describe_exit(code)})"))
                 self._send(sock, [e for e in due if e[0] <= now], due)
             if self._report_exited:
