@@ -88,6 +88,40 @@ def test_encode_checks_field_count_and_payload():
         protocol.encode(Msg.PING, payload=[b"x"])
 
 
+@pytest.mark.parametrize("reason, error", [
+    (protocol.LostReason.NO_WORKERS, "NoWorkersError"),
+    (protocol.LostReason.TOO_MANY_ATTEMPTS, "WorkerLostError"),
+    (protocol.LostReason.NO_RETRY_LOST, "WorkerLostError"),
+])
+def test_a_lost_outcome_carries_its_reason_and_the_users_text(reason, error):
+    """A LOST outcome crosses the wire in a RESULT batch; its submitter's
+    future fails with the exception its reason names, and the message is
+    the broker's text, whatever words it starts with."""
+    import concurrent.futures as cf
+    from scoop_rt import errors, tasks
+
+    text = "wörker w3 on host n07 (killed by SIGKILL): no workers, or some"
+    frames = protocol.encode_batch(
+        Msg.RESULT, [(5, int(protocol.Status.LOST), protocol.lost_payload(reason, text))])
+    (tid, status, payload), = protocol.split_batch(protocol.decode(frames))
+    assert (tid, status) == (5, protocol.Status.LOST)
+    assert protocol.read_lost(payload) == (reason, text)
+    future = cf.Future()
+    tasks.settle(future, False, status, payload)
+    exc = future.exception(timeout=0)
+    assert type(exc) is getattr(errors, error)
+    assert str(exc) == text
+
+
+@pytest.mark.parametrize("payload, words", [
+    ([], "without its reason"), ([b""], "without its reason"),
+    ([b"\x09no workers are left"], "unknown reason 9"),
+])
+def test_a_malformed_lost_outcome_is_a_protocol_error(payload, words):
+    with pytest.raises(ProtocolError, match=words):
+        protocol.read_lost(payload)
+
+
 def test_heartbeat_identity_names_its_owner():
     hb = protocol.heartbeat_identity(b"w0:12:ab")
     assert protocol.heartbeat_owner(hb) == b"w0:12:ab"

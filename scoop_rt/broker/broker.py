@@ -28,7 +28,7 @@ import zmq
 
 from .. import protocol, transport
 from ..config import Config
-from ..protocol import Flags, Msg, ProtocolError, Role, Status, TaskState
+from ..protocol import Flags, LostReason, Msg, ProtocolError, Role, Status, TaskState
 from .scheduling import Slots
 
 log = logging.getLogger("scoop_rt")
@@ -39,6 +39,7 @@ MAX_PREFETCH = 64  # tasks a worker may ask to hold beyond the one it runs
 # many bytes of them, as a client's batches do.
 OUTCOMES_MAX = 64
 OUTCOMES_BYTES = 1 << 20
+NO_WORKERS_LEFT = "no workers are left in this run"
 
 
 class _Stop(Exception):
@@ -233,7 +234,7 @@ class Broker:
             self.tasks[btid] = Task(identity, tid, flags, frames)
             self.by_client[identity, tid] = btid
             if none_left:
-                self.fail(btid, "no workers are left in this run")
+                self.fail(btid, LostReason.NO_WORKERS, NO_WORKERS_LEFT)
             else:
                 self.enqueue(btid)
 
@@ -345,7 +346,7 @@ class Broker:
         self.gone.add(f.name)
         if self.no_workers_left():
             for btid in list(self.tasks):
-                self.fail(btid, "no workers are left in this run")
+                self.fail(btid, LostReason.NO_WORKERS, NO_WORKERS_LEFT)
 
     def on_bye(self, identity: bytes, f, payload) -> None:
         self.stop_reason = f"the script ended with code {f.code}"
@@ -480,7 +481,7 @@ class Broker:
                     "it held go elsewhere")
         if self.no_workers_left():
             for btid in list(self.tasks):
-                self.fail(btid, "no workers are left in this run")
+                self.fail(btid, LostReason.NO_WORKERS, NO_WORKERS_LEFT)
 
     def notify(self, text: str) -> None:
         """Tell the user through the origin, whose heartbeat thread logs it
@@ -500,18 +501,23 @@ class Broker:
         task.worker = None
         where = f"worker {peer.name} on host {peer.host} ({reason})"
         if task.flags & Flags.NO_RETRY:
-            self.fail(btid, f"the task was lost with {where}; it was submitted "
-                            "not to run twice, so it was not run again")
+            self.fail(btid, LostReason.NO_RETRY_LOST,
+                      f"the task was lost with {where}; it was submitted not "
+                      "to run twice, so it was not run again")
         elif task.attempts >= self.config.max_attempts:
-            self.fail(btid, f"the task was tried {task.attempts} times and each "
-                            f"time its worker died; last {where}")
+            self.fail(btid, LostReason.TOO_MANY_ATTEMPTS,
+                      f"the task was tried {task.attempts} times and each "
+                      f"time its worker died; last {where}")
         else:
             self.enqueue(btid, front=True)
 
-    def fail(self, btid: int, why: str) -> None:
+    def fail(self, btid: int, reason: LostReason, text: str) -> None:
+        """Give up on a task: its submitter gets a LOST outcome, whose
+        reason picks the exception and whose text the user reads."""
         task = self.drop(btid)
         self.by_client.pop((task.submitter, task.tid), None)
-        self.reply(task.submitter, (task.tid, int(Status.LOST), [why.encode()]))
+        self.reply(task.submitter, (task.tid, int(Status.LOST),
+                                    protocol.lost_payload(reason, text)))
 
     def shutdown(self, reason: str) -> None:
         # SIGTERM is ignored by now (run() and _on_signal), and each peer's
