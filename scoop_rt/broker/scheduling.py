@@ -128,9 +128,6 @@ class Slots:
     def __len__(self) -> int:
         return len(self.workers)
 
-    def __contains__(self, wid: bytes) -> bool:
-        return wid in self.workers
-
     def get(self, wid: bytes) -> WorkerSlots | None:
         return self.workers.get(wid)
 

@@ -64,9 +64,6 @@ class TaskTable:
         self.queued_alone = 0
         self._btids = itertools.count(1)
 
-    def __len__(self) -> int:
-        return len(self.tasks)
-
     # -- a task's life ----------------------------------------------------------
 
     def add(self, submitter: bytes, tid: int, flags: int, payload: list,
@@ -83,10 +80,6 @@ class TaskTable:
             if not flags & _CHUNK:
                 self.queued_alone += 1
         return btid
-
-    def find(self, submitter: bytes, tid: int) -> int | None:
-        """The broker id of a submitter's task, if the table still has it."""
-        return self.by_client.get((submitter, tid))
 
     def enqueue(self, btid: int, front: bool = False) -> None:
         """Queue a task held by nobody, at the back or (put back) the front."""
