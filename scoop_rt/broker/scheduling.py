@@ -42,8 +42,9 @@ worker (so a task that kills workers takes no innocent batch-mates down
 twice), and one submitted not to run twice (``Flags.NO_RETRY``), which
 besides needs a slot of its own: held ahead in a worker's batch, it could
 die with that worker before it ever ran, and could not be tried again. When
-the next worker in line has no such slot, handing out stops (the queue
-stalls) until one has: the task keeps its place at the front.
+the next worker in line has no such slot, the pass ends there (the queue
+stalls) until a worker that has one is next in line: the task keeps its
+place at the front, and nothing behind it overtakes it.
 
 ``assign`` is that policy: it reads the task table and the workers' slots
 and yields what to send to whom; the broker only sends it.
