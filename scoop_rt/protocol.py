@@ -48,6 +48,19 @@ client's own; a TASK's and a RESULT-from-a-worker's are the broker's. Sending
 many small tasks in one message is what lets one broker serve a thousand
 workers: its cost is per message far more than per byte.
 
+An outcome's status (``Status``) says what its payload is:
+
+    status     sender              payload
+    ---------  ------------------  ------------------------------------------
+    OK         worker (or broker,  the pickled return value
+               relaying)
+    ERROR      worker (or broker,  the pickled exception and traceback
+               relaying)
+    LOST       broker              one frame: a ``LostReason`` byte, then the
+                                   text for the user, UTF-8 (``lost_payload``,
+                                   ``read_lost``)
+    DELIVERED  worker -> broker    none: the outcome went to the origin itself
+
 On a run local to one machine, the origin marks its maps' chunks ``DIRECT``:
 their outcomes skip the broker. A TASK's ``reply_to`` holds, for each of its
 tasks, the submitter's tid for a DIRECT one (-1 for the others); the worker
@@ -100,7 +113,7 @@ from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-VERSION = 5
+VERSION = 6
 
 HEARTBEAT_SUFFIX = b"!hb"
 SEND_SUFFIX = b"!tx"
@@ -139,9 +152,19 @@ class Status(enum.IntEnum):
 
     OK = 0          # payload: the pickled return value
     ERROR = 1       # payload: a pickled exception (see serialization)
-    CANCELLED = 2   # no payload: the broker dropped the task before it ran
-    LOST = 3        # payload: an exception made by the broker's side
+    LOST = 3        # payload: why the broker gave up on it (``lost_payload``)
     DELIVERED = 4   # no payload: sent straight to the origin (DIRECT)
+
+
+class LostReason(enum.IntEnum):
+    """Why the broker gave up on a task: the first byte of a LOST outcome,
+    the text for the user after it (``lost_payload``). The submitter picks
+    the exception from the reason, and shows the text as it is."""
+
+    NO_WORKERS = 1         # every worker of the run is gone
+    TOO_MANY_ATTEMPTS = 2  # its worker was lost on each of max_attempts tries
+    NO_RETRY_LOST = 3      # its worker was lost, and it was submitted not to
+                           # run twice (Flags.NO_RETRY)
 
 
 class TaskState(enum.IntEnum):
@@ -370,6 +393,24 @@ def decode(frames: Sequence) -> Message:
             raise ProtocolError(f"TASK has {len(values[2])} reply_to tids for "
                                 f"{len(values[0]) // 4} tasks")
     return Message(msg_type, FIELDS[msg_type](*values), list(frames[n:]))
+
+
+def lost_payload(reason: LostReason, text: str) -> list:
+    """The payload of a LOST outcome: one frame, the reason's byte, then
+    the text for the user in UTF-8."""
+    return [bytes((reason,)) + text.encode("utf-8")]
+
+
+def read_lost(payload: Sequence) -> tuple[LostReason, str]:
+    """The reason and the text of a LOST outcome's payload."""
+    data = b"".join(_as_bytes(frame) for frame in payload)
+    if not data:
+        raise ProtocolError("a LOST outcome without its reason")
+    try:
+        reason = LostReason(data[0])
+    except ValueError:
+        raise ProtocolError(f"a LOST outcome with an unknown reason {data[0]}") from None
+    return reason, data[1:].decode("utf-8", "replace")
 
 
 def heartbeat_identity(identity: bytes) -> bytes:

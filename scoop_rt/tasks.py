@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from . import serialization
 from .errors import NoWorkersError, WorkerLostError
-from .protocol import ProtocolError, Status
+from .protocol import LostReason, ProtocolError, Status, read_lost
 
 
 def execute(payload: Sequence, where: str, script_error: str | None = None
@@ -99,9 +99,9 @@ def _settle(future: cf.Future, chunk: bool, status: int, payload: Sequence) -> N
 
 
 def lost_error(payload: Sequence) -> Exception:
-    """The error of a task the broker gave up on (its text is the payload)."""
-    text = b"".join(f if isinstance(f, bytes) else f.bytes
-                    for f in payload).decode("utf-8", "replace")
-    if text.startswith("no workers"):
+    """The error of a task the broker gave up on: its class from the
+    outcome's ``LostReason``, its message the broker's text."""
+    reason, text = read_lost(payload)
+    if reason == LostReason.NO_WORKERS:
         return NoWorkersError(text)
     return WorkerLostError(text)

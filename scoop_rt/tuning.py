@@ -108,3 +108,22 @@ AGENT_POLL = 0.2
 # A host agent's exit is reported this late: its own reports on its workers
 # say more, and come first.
 AGENT_DELAY = 1.0
+
+# -- the broker (broker/) -------------------------------------------------------
+
+# Messages the broker reads in one go before it dispatches: more is fewer
+# dispatch passes under load; fewer hands queued tasks out sooner.
+BROKER_READS = 2000
+# Most tasks a worker may ask to hold ahead of the one it runs, whatever it
+# asks (its CREDIT): a bound on what a lost worker takes down with it.
+MAX_PREFETCH = 64
+# Outcomes for one submitter leave the broker at once when this many have
+# gathered, or this many bytes of them, as a client's batches do.
+OUTCOMES_MAX = 64
+OUTCOMES_BYTES = 1 << 20
+# The broker's queue is deep from DEEP_PER_WORKER queued tasks per worker,
+# and at least DEEP_MIN: then every prefetch slot counts. A deeper threshold
+# keeps more tasks cancellable at the broker; a shallower one lets more go
+# ahead to workers.
+DEEP_PER_WORKER = 2
+DEEP_MIN = 8

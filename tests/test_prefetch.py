@@ -1,5 +1,8 @@
-"""Prefetch: short tasks still give every result once, in order; what the
-broker sends ahead, and what it keeps."""
+"""Prefetch, through a real broker: short tasks still give every result
+once, in order; tasks held behind a long one move on; outcomes, tasks given
+back and tasks sent straight to the origin, as the broker handles their
+messages. Which worker gets which task (the dispatch rules) is tested in
+process, over plain data, in test_dispatch.py."""
 
 import contextlib
 import json
@@ -121,16 +124,14 @@ def _tasks(sock, settle=0.3, kind=Msg.TASK):
 @contextlib.contextmanager
 def _workers_and_origin(credit, workers=1):
     """A real broker, and fake clients: ``workers`` workers that each asked
-    for ``credit`` tasks ahead (their last tasks were short; a list gives
-    each its own), and an origin."""
-    credits = credit if isinstance(credit, list) else [credit] * workers
+    for ``credit`` tasks ahead (their last tasks were short), and an origin."""
     ctx = zmq.Context()
     socks = []
     try:
         with real_broker(size=workers) as (endpoint, keys):
             for i in range(workers):
                 socks.append(_welcomed(ctx, endpoint, keys, b"w%d" % i, "worker"))
-                socks[-1].send_multipart(protocol.encode(Msg.CREDIT, credits[i]))
+                socks[-1].send_multipart(protocol.encode(Msg.CREDIT, credit))
             origin = _welcomed(ctx, endpoint, keys, b"origin", "origin")
             socks.append(origin)
             time.sleep(0.2)  # the credits are in before any task
@@ -152,37 +153,6 @@ def _finish(worker, batch):
     worker.send_multipart(protocol.encode_batch(
         Msg.RESULT, [(btid, int(Status.OK), [b"done"])]))
     return batch[1:]
-
-
-def test_a_short_queue_goes_one_task_at_a_time():
-    """Three tasks are a short queue. They go one at a time, the others
-    staying at the broker, where cancel() can still take them back, and from
-    where they go to whichever worker is free first: taken ahead, long tasks
-    would pile up on one worker."""
-    with _workers_and_origin(credit=8) as ([worker], origin, _):
-        _submit(origin, 3, Flags.NONE)
-        for _ in range(3):
-            batches = _tasks(worker)
-            assert [len(batch) for batch in batches] == [1]
-            _finish(worker, batches[0])
-        assert not _tasks(worker)
-
-
-@pytest.mark.parametrize("credit, sizes", [(8, [2, 1, 1]), (0, [1, 1, 1, 1])])
-def test_a_short_queue_of_chunks_keeps_one_ahead(credit, sizes):
-    """Four chunks of a map are a short queue too, but a worker whose tasks
-    are short (it asked for tasks ahead) gets one more than it runs, so it
-    starts the next the moment it ends one; never more than one, so a map's
-    long chunks cannot pile up on it. A worker that asked for none gets them
-    one at a time."""
-    with _workers_and_origin(credit) as ([worker], origin, _):
-        _submit(origin, 4, Flags.CHUNK)
-        held = []
-        for size in sizes:
-            batches = _tasks(worker)
-            assert [len(batch) for batch in batches] == [size]
-            held = _finish(worker, held + batches[0])
-        assert not _tasks(worker)
 
 
 def test_outcomes_that_arrive_together_leave_together():
@@ -262,27 +232,6 @@ def test_a_direct_task_is_the_brokers_until_the_origin_has_its_outcome():
         finally:
             watcher.close(linger=0)
             ctx.term()
-
-
-def test_a_map_is_split_evenly_in_one_message_each():
-    """Eight chunks, two workers that asked for tasks ahead: each gets four,
-    in one message. (The queue was deep when they came; handing the first
-    worker its share does not make it look short to the second.)"""
-    with _workers_and_origin(credit=8, workers=2) as (workers, origin, _):
-        _submit(origin, 8, Flags.CHUNK)
-        got = [[len(batch) for batch in _tasks(worker)] for worker in workers]
-        assert got == [[4], [4]]
-
-
-def test_the_end_of_a_queue_does_not_pile_up_ahead_at_one_worker():
-    """Eight chunks, a worker that asked for tasks ahead and one that asked
-    for none: the first gets its even share, the second one chunk, and the
-    three left stay at the broker, as a short queue's do, rather than going
-    ahead to the first worker when it comes back for more."""
-    with _workers_and_origin(credit=[8, 0], workers=2) as (workers, origin, _):
-        _submit(origin, 8, Flags.CHUNK)
-        got = [[len(batch) for batch in _tasks(worker)] for worker in workers]
-        assert got == [[4], [1]]
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The wire format, the scheduling policy, and a message sent whole."""
+"""The wire format, and a message sent whole."""
 
 import signal
 import threading
@@ -8,7 +8,6 @@ import pytest
 import zmq
 
 from scoop_rt import protocol, serialization, transport
-from scoop_rt.broker.scheduling import Slots
 from scoop_rt.protocol import Msg, ProtocolError
 
 
@@ -88,60 +87,44 @@ def test_encode_checks_field_count_and_payload():
         protocol.encode(Msg.PING, payload=[b"x"])
 
 
+@pytest.mark.parametrize("reason, error", [
+    (protocol.LostReason.NO_WORKERS, "NoWorkersError"),
+    (protocol.LostReason.TOO_MANY_ATTEMPTS, "WorkerLostError"),
+    (protocol.LostReason.NO_RETRY_LOST, "WorkerLostError"),
+])
+def test_a_lost_outcome_carries_its_reason_and_the_users_text(reason, error):
+    """A LOST outcome crosses the wire in a RESULT batch; its submitter's
+    future fails with the exception its reason names, and the message is
+    the broker's text, whatever words it starts with."""
+    import concurrent.futures as cf
+    from scoop_rt import errors, tasks
+
+    text = "wörker w3 on host n07 (killed by SIGKILL): no workers, or some"
+    frames = protocol.encode_batch(
+        Msg.RESULT, [(5, int(protocol.Status.LOST), protocol.lost_payload(reason, text))])
+    (tid, status, payload), = protocol.split_batch(protocol.decode(frames))
+    assert (tid, status) == (5, protocol.Status.LOST)
+    assert protocol.read_lost(payload) == (reason, text)
+    future = cf.Future()
+    tasks.settle(future, False, status, payload)
+    exc = future.exception(timeout=0)
+    assert type(exc) is getattr(errors, error)
+    assert str(exc) == text
+
+
+@pytest.mark.parametrize("payload, words", [
+    ([], "without its reason"), ([b""], "without its reason"),
+    ([b"\x09no workers are left"], "unknown reason 9"),
+])
+def test_a_malformed_lost_outcome_is_a_protocol_error(payload, words):
+    with pytest.raises(ProtocolError, match=words):
+        protocol.read_lost(payload)
+
+
 def test_heartbeat_identity_names_its_owner():
     hb = protocol.heartbeat_identity(b"w0:12:ab")
     assert protocol.heartbeat_owner(hb) == b"w0:12:ab"
     assert protocol.heartbeat_owner(b"w0:12:ab") is None
-
-
-def test_slots_hand_out_free_workers_in_turn():
-    slots = Slots()
-    for wid in (b"a", b"b", b"c"):
-        slots.add(wid)
-    slots.get(b"c").running.add(1)
-    taken = []
-    while (wid := slots.take()) is not None:
-        slots.get(wid).running.add(len(taken) + 10)
-        slots.changed(wid)
-        taken.append(wid)
-    assert taken == [b"a", b"b"]
-
-
-def test_blocked_and_prefetch_slots_count():
-    slots = Slots()
-    slots.add(b"a")
-    slots.get(b"a").running.add(1)
-    assert slots.take() is None
-    slots.get(b"a").blocked += 1        # its task waits on children
-    slots.changed(b"a")
-    assert slots.take() == b"a"
-    slots.get(b"a").running.add(2)
-    slots.set_prefetch(b"a", 1)         # it asked for one ahead...
-    assert slots.take() is None         # ...which counts only in a deep queue
-    slots.ahead = Slots.ALL
-    assert slots.take() == b"a"
-    slots.get(b"a").running.add(3)
-    slots.changed(b"a")
-    assert slots.take() is None
-    slots.remove(b"a")
-    assert slots.take() is None and len(slots) == 0
-
-
-def test_deep_queue_and_even_shares():
-    slots = Slots()
-    for wid in (b"a", b"b"):
-        slots.add(wid)
-    assert slots.deep_queue() == Slots.DEEP_MIN
-    assert slots.share(100) == 50 and slots.share(1) == 1
-    slots.set_prefetch(b"a", 32)
-    assert slots.free(slots.get(b"a")) == 1
-    slots.ahead = slots.ahead_now(queued=Slots.DEEP_MIN, queued_alone=Slots.DEEP_MIN)
-    assert slots.free(slots.get(b"a")) == 33 and slots.free(slots.get(b"b")) == 1
-    # A short queue: one ahead if it holds only chunks of maps, else none.
-    slots.ahead = slots.ahead_now(queued=3, queued_alone=0)
-    assert slots.free(slots.get(b"a")) == 2 and slots.free(slots.get(b"b")) == 1
-    slots.ahead = slots.ahead_now(queued=3, queued_alone=1)
-    assert slots.free(slots.get(b"a")) == 1
 
 
 def test_a_chunk_of_a_range_travels_as_a_range():

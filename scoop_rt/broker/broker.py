@@ -6,57 +6,46 @@ stdout, and serves until the origin says goodbye, the origin or the launcher
 disappears, or it is terminated. Its loop reads as its steps:
 
     receive   handle every message that has arrived (handlers ``on_*``)
-    dispatch  hand queued tasks to workers with free slots
+    dispatch  send the tasks the policy hands to workers with free slots
     watch     declare silent peers gone; notice a vanished launcher
+
+What it knows of tasks is the task table (``tasktable.TaskTable``), and of
+workers' capacity their slots (``scheduling.Slots``); who gets which task is
+the policy's to decide (``scheduling.assign``), over that plain data. This
+module is the part with sockets: handlers record what a message says there,
+and send what it answers.
 
 Payloads are opaque frames here: the broker never unpickles anything.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import zmq
 
-from .. import protocol, transport
-from ..protocol import Flags, Msg, ProtocolError, Role, Status, TaskState
-from .scheduling import Slots
+from .. import protocol, transport, tuning
+from ..protocol import Flags, LostReason, Msg, ProtocolError, Role, Status
+from .scheduling import Slots, assign
+from .tasktable import TaskTable
 
 if TYPE_CHECKING:
     from ..bootstrap import BrokerBoot
 
 log = logging.getLogger("scoop_rt")
 
-_BATCH = 2000  # messages read before the next dispatch
-MAX_PREFETCH = 64  # tasks a worker may ask to hold beyond the one it runs
-# Outcomes for one submitter go at once when this many have gathered, or this
-# many bytes of them, as a client's batches do.
-OUTCOMES_MAX = 64
-OUTCOMES_BYTES = 1 << 20
+NO_WORKERS_LEFT = "no workers are left in this run"
 
 
 class _Stop(Exception):
     """Raised by the signal handler to leave the loop."""
-
-
-@dataclass
-class Task:
-    submitter: bytes
-    tid: int          # the submitter's own id for it
-    flags: int
-    payload: list
-    worker: bytes | None = None
-    attempts: int = 0
-    queued: bool = False  # has a live entry in the broker's queue
 
 
 @dataclass
@@ -89,16 +78,7 @@ class Broker:
         self.endpoint = self.listener.endpoint
         self.peers: dict[bytes, Peer] = {}
         self.workers = Slots()
-        self.tasks: dict[int, Task] = {}
-        self.by_client: dict[tuple[bytes, int], int] = {}
-        # Tasks each worker sent straight to the origin (DIRECT) that the
-        # origin has not said it has (RECEIVED): run again if it is lost.
-        self.delivered: dict[bytes, set] = {}
-        self.queue: deque[int] = deque()  # may hold entries of dropped tasks
-        self.queued = 0  # live entries in ``queue``
-        # Those that stay at the broker while the queue is short: all but
-        # the chunks of maps that no worker has lost yet.
-        self.queued_alone = 0
+        self.table = TaskTable()
         self.consts: dict[str, list] = {}
         # Outcomes for their submitters, sent once the messages read in one
         # go are handled: results that arrive together leave together.
@@ -106,7 +86,6 @@ class Broker:
         self.outcomes: dict[bytes, list] = {}
         self.gone: set[str] = set()  # names of workers that died or never came
         self.stop_reason: str | None = None
-        self._btids = itertools.count(1)
         self._next_watch = 0.0
         self.handlers = {
             Msg.HELLO: self.on_hello,
@@ -142,7 +121,7 @@ class Broker:
         if not self.sock.poll(timeout * 1000):  # type: ignore[arg-type]
             return
         recv, sock, handle = transport.recv_message, self.sock, self.handle
-        for _ in range(_BATCH):
+        for _ in range(tuning.BROKER_READS):
             frames = recv(sock)
             if frames is None:
                 return
@@ -185,13 +164,13 @@ class Broker:
     def reply(self, submitter: bytes, entry: tuple) -> None:
         """Queue a task's outcome ``(tid, status, frames)`` for its
         submitter; they go when the messages read in one go are handled, or
-        at once when they come to OUTCOMES_MAX or OUTCOMES_BYTES."""
+        at once when they come to ``tuning.OUTCOMES_MAX`` or ``OUTCOMES_BYTES``."""
         pending = self.outcomes.get(submitter)
         if pending is None:
             pending = self.outcomes[submitter] = [[], 0]
         pending[0].append(entry)
         pending[1] += sum(len(frame) for frame in entry[2])
-        if len(pending[0]) >= OUTCOMES_MAX or pending[1] >= OUTCOMES_BYTES:
+        if len(pending[0]) >= tuning.OUTCOMES_MAX or pending[1] >= tuning.OUTCOMES_BYTES:
             self._send_outcomes(submitter)
 
     def send_outcomes(self) -> None:
@@ -227,48 +206,36 @@ class Broker:
         none_left = self.no_workers_left()
         # Only the origin has a socket for outcomes sent straight to it.
         direct = self.peers[identity].role == Role.ORIGIN.value
+        add = self.table.add
         for tid, flags, frames in protocol.split_batch(msg):
             if not direct:
                 flags &= ~int(Flags.DIRECT)
-            btid = next(self._btids)
-            self.tasks[btid] = Task(identity, tid, flags, frames)
-            self.by_client[identity, tid] = btid
+            btid = add(identity, tid, flags, frames, queue=not none_left)
             if none_left:
-                self.fail(btid, "no workers are left in this run")
-            else:
-                self.enqueue(btid)
+                self.fail(btid, LostReason.NO_WORKERS, NO_WORKERS_LEFT)
 
     def on_result(self, identity: bytes, f, payload) -> None:
         msg = protocol.Message(Msg.RESULT, f, payload)
         slots = self.workers.get(identity)
+        table = self.table
         for btid, status, frames in protocol.split_batch(msg):
             if slots is not None:
                 slots.running.discard(btid)
             if status == Status.DELIVERED:
-                if btid in self.tasks:  # (until the origin has it)
-                    self.delivered.setdefault(identity, set()).add(btid)
+                table.deliver(identity, btid)  # (the task stays its own)
                 continue
-            task = self.drop(btid)
+            task = table.finish(btid)
             if task is None:
                 continue  # cancelled, or already answered by another attempt
-            self.by_client.pop((task.submitter, task.tid), None)
             self.reply(task.submitter, (task.tid, status, frames))
         if slots is not None:
             self.workers.changed(identity)
 
     def on_received(self, identity: bytes, f, payload) -> None:
         """The origin has these tasks' outcomes, which their workers sent
-        straight to it (DIRECT): they are done. A worker's slot is freed by
-        its own DELIVERED, not here: one running the task again (its first
-        worker lost) is still busy with it."""
+        straight to it (DIRECT): they are done."""
         for tid in f.tids:
-            btid = self.by_client.get((identity, tid))
-            task = None if btid is None else self.tasks.get(btid)
-            if task is None or not task.flags & Flags.DIRECT:
-                continue  # done already (another attempt's), or not such a task
-            del self.by_client[identity, tid]
-            self.drop(btid)  # type: ignore[arg-type]
-            self.delivered.get(task.worker, set()).discard(btid)  # type: ignore[arg-type]
+            self.table.received(identity, tid)
 
     def on_waiting(self, identity: bytes, f, payload) -> None:
         slots = self.workers.get(identity)
@@ -282,7 +249,7 @@ class Broker:
             slots.blocked -= 1
 
     def on_credit(self, identity: bytes, f, payload) -> None:
-        self.workers.set_prefetch(identity, max(0, min(f.extra, MAX_PREFETCH)))
+        self.workers.set_prefetch(identity, max(0, min(f.extra, tuning.MAX_PREFETCH)))
 
     def on_return(self, identity: bytes, f, payload) -> None:
         """A worker gives back tasks it held but never started (its running
@@ -295,26 +262,11 @@ class Broker:
             if btid not in slots.running:
                 continue
             slots.running.discard(btid)
-            task = self.tasks.get(btid)
-            if task is None:
-                continue  # dropped meanwhile: its submitter is gone
-            task.worker = None
-            self.enqueue(btid, front=True)
+            self.table.give_back(btid)
         self.workers.changed(identity)
 
     def on_probe(self, identity: bytes, f, payload) -> None:
-        btid = self.by_client.get((identity, f.tid))
-        task = self.tasks.get(btid) if btid is not None else None
-        if task is None:
-            state = TaskState.UNKNOWN
-        elif task.worker is not None:
-            state = TaskState.RUNNING
-        elif f.cancel:
-            self.drop(btid)  # type: ignore[arg-type]  # its queue entry is skipped at dispatch
-            del self.by_client[identity, f.tid]
-            state = TaskState.CANCELLED
-        else:
-            state = TaskState.PENDING
+        state = self.table.probe(identity, f.tid, bool(f.cancel))
         self.send(identity, Msg.STATE, f.tid, int(state))
 
     def on_setconst(self, identity: bytes, f, payload) -> None:
@@ -345,8 +297,7 @@ class Broker:
         self.notify(f"worker {f.name} ended before it joined the run: {f.reason}")
         self.gone.add(f.name)
         if self.no_workers_left():
-            for btid in list(self.tasks):
-                self.fail(btid, "no workers are left in this run")
+            self.fail_all()
 
     def on_bye(self, identity: bytes, f, payload) -> None:
         self.stop_reason = f"the script ended with code {f.code}"
@@ -354,94 +305,12 @@ class Broker:
     # -- steps ----------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Hand queued tasks to workers with free slots, several to a worker
-        in one message when the queue is deep (see scheduling.Slots)."""
-        workers = self.workers
-        # Shares and tasks ahead count from the queue as it stands before any
-        # worker takes its own: the first worker's share does not make the
-        # queue look short to the next, so a map's chunks are split evenly.
-        # A worker that comes back for more in the same pass is bounded by
-        # the queue as it is then: the end of a queue does not pile up ahead
-        # at one worker.
-        workers.ahead = workers.ahead_now(self.queued, self.queued_alone)
-        even_share = workers.share(self.queued)
-        served = set()
-        while self.queue:
-            wid = workers.take()
-            if wid is None:
-                return
-            slots = workers.get(wid)
-            if wid in served:
-                workers.ahead = workers.ahead_now(self.queued, self.queued_alone)
-                if workers.free(slots) <= 0:  # type: ignore[arg-type]
-                    workers.changed(wid)  # stays out of line
-                    continue
-            served.add(wid)
-            share = min(workers.free(slots), even_share)  # type: ignore[arg-type]
-            entries: list = []
-            reply_to = []
-            stalled = False
-            while len(entries) < share:
-                btid = self._next_queued()
-                if btid is None:
-                    break
-                task = self.tasks[btid]
-                # A task that lost a worker travels alone, and so does one
-                # that must not run twice, into a slot of its own: one held
-                # in a worker's batch could die with it before it ever ran,
-                # and could not be tried again.
-                once = task.flags & Flags.NO_RETRY
-                alone = task.attempts or once
-                if alone and entries:
-                    self.enqueue(btid, front=True)
-                    break
-                if once and slots.free(0) <= 0:  # type: ignore[union-attr]
-                    self.enqueue(btid, front=True)
-                    stalled = True  # until a worker has a slot of its own
-                    break
-                task.worker = wid
-                slots.running.add(btid)  # type: ignore[union-attr]
-                entries.append((btid, task.flags, task.payload))
-                reply_to.append(task.tid if task.flags & Flags.DIRECT else -1)
-                if alone:
-                    break
-            workers.changed(wid)
-            if entries:
-                self.send_batch(wid, Msg.TASK, entries, reply_to)
-            if stalled:
-                return
-
-    def enqueue(self, btid: int, front: bool = False) -> None:
-        if front:
-            self.queue.appendleft(btid)
-        else:
-            self.queue.append(btid)
-        self._count(self.tasks[btid], queued=True)
-
-    def drop(self, btid: int) -> Task | None:
-        """Forget a task; its queue entry, if any, is skipped from now on."""
-        task = self.tasks.pop(btid, None)
-        if task is not None and task.queued:
-            self._count(task, queued=False)
-        return task
-
-    def _next_queued(self) -> int | None:
-        while self.queue:
-            btid = self.queue.popleft()
-            task = self.tasks.get(btid)
-            if task is not None and task.queued:
-                self._count(task, queued=False)
-                return btid
-        return None
-
-    def _count(self, task: Task, queued: bool) -> None:
-        """Mark a task as in the queue or out of it, and count it."""
-        task.queued = queued
-        step = 1 if queued else -1
-        self.queued += step
-        if task.attempts or not task.flags & Flags.CHUNK:
-            # (a retried chunk goes alone into a slot of its own, not ahead)
-            self.queued_alone += step
+        """Send the tasks the policy hands to workers with free slots,
+        several to a worker in one message when the queue is deep (see
+        scheduling.assign)."""
+        send_batch = self.send_batch
+        for wid, entries, reply_to in assign(self.table, self.workers):
+            send_batch(wid, Msg.TASK, entries, reply_to)
 
     def watch(self) -> None:
         now = time.monotonic()
@@ -471,17 +340,14 @@ class Broker:
             self.stop_reason = f"the origin is gone ({reason})"
             return
         slots = self.workers.remove(peer.identity)
-        held = sorted((slots.running if slots else set())
-                      | self.delivered.pop(peer.identity, set()))
+        held = self.table.held_by(peer.identity, slots.running if slots else set())
         for btid in reversed(held):  # each goes to the front: keep their order
             self.retry(btid, peer, reason)
-        for key in [k for k in self.by_client if k[0] == peer.identity]:
-            self.drop(self.by_client.pop(key))
+        self.table.forget_submitter(peer.identity)
         self.notify(f"{peer.describe()} lost: {reason}; {len(held)} task(s) "
                     "it held go elsewhere")
         if self.no_workers_left():
-            for btid in list(self.tasks):
-                self.fail(btid, "no workers are left in this run")
+            self.fail_all()
 
     def notify(self, text: str) -> None:
         """Tell the user through the origin, whose heartbeat thread logs it
@@ -494,25 +360,32 @@ class Broker:
             self.send(origin.heartbeat, Msg.NOTICE, text)  # type: ignore[arg-type]
 
     def retry(self, btid: int, peer: Peer, reason: str) -> None:
-        task = self.tasks.get(btid)
-        if task is None:
+        """Queue again a task whose worker was lost, or fail it."""
+        lost = self.table.lose(btid, self.config.max_attempts)
+        if lost is None:
             return
-        task.attempts += 1
-        task.worker = None
         where = f"worker {peer.name} on host {peer.host} ({reason})"
-        if task.flags & Flags.NO_RETRY:
-            self.fail(btid, f"the task was lost with {where}; it was submitted "
-                            "not to run twice, so it was not run again")
-        elif task.attempts >= self.config.max_attempts:
-            self.fail(btid, f"the task was tried {task.attempts} times and each "
-                            f"time its worker died; last {where}")
+        if lost == LostReason.NO_RETRY_LOST:
+            text = (f"the task was lost with {where}; it was submitted not "
+                    "to run twice, so it was not run again")
         else:
-            self.enqueue(btid, front=True)
+            text = (f"the task was tried {self.table.tasks[btid].attempts} "
+                    f"times and each time its worker died; last {where}")
+        self.fail(btid, lost, text)
 
-    def fail(self, btid: int, why: str) -> None:
-        task = self.drop(btid)
-        self.by_client.pop((task.submitter, task.tid), None)  # type: ignore[union-attr]
-        self.reply(task.submitter, (task.tid, int(Status.LOST), [why.encode()]))  # type: ignore[union-attr]
+    def fail(self, btid: int, reason: LostReason, text: str) -> None:
+        """Give up on a task: its submitter gets a LOST outcome, whose
+        reason picks the exception and whose text the user reads."""
+        task = self.table.finish(btid)
+        if task is None:
+            return  # answered already
+        self.reply(task.submitter, (task.tid, int(Status.LOST),
+                                    protocol.lost_payload(reason, text)))
+
+    def fail_all(self) -> None:
+        """No worker is left, and none will come: every task fails."""
+        for btid in list(self.table.tasks):
+            self.fail(btid, LostReason.NO_WORKERS, NO_WORKERS_LEFT)
 
     def shutdown(self, reason: str) -> None:
         # SIGTERM is ignored by now (run() and _on_signal), and each peer's

@@ -33,13 +33,39 @@ for more in the same pass is bounded by the queue as it is then):
   another idles.
 
 A worker with free slots gets its share of the queue in one message, so many
-short tasks cost the broker one send.
+short tasks cost the broker one send: an even share, counted from the queue
+as it stood before the first worker of the pass took its own (8 chunks, 2
+workers: 4 each).
+
+Two kinds of task travel alone, in a batch of their own: one that lost its
+worker (so a task that kills workers takes no innocent batch-mates down
+twice), and one submitted not to run twice (``Flags.NO_RETRY``), which
+besides needs a slot of its own: held ahead in a worker's batch, it could
+die with that worker before it ever ran, and could not be tried again. When
+the next worker in line has no such slot, the pass ends there (the queue
+stalls) until a worker that has one is next in line: the task keeps its
+place at the front, and nothing behind it overtakes it.
+
+``assign`` is that policy: it reads the task table and the workers' slots
+and yields what to send to whom; the broker only sends it.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .. import tuning
+from ..protocol import Flags
+from .tasktable import TaskTable
+
+# Plain ints, not Flags members: ``int & Flags.X`` runs IntFlag's __rand__
+# in Python (about 0.7 us, fifty times ``int & int``), and these tests run
+# for every task the broker queues and hands out.
+_NO_RETRY = int(Flags.NO_RETRY)
+_DIRECT = int(Flags.DIRECT)
 
 
 @dataclass
@@ -59,10 +85,6 @@ class WorkerSlots:
 class Slots:
     """Every worker's slots, and the line of those with a free one."""
 
-    # The queue is deep at this many queued tasks per worker (and at least
-    # DEEP_MIN): then all prefetch slots count.
-    DEEP_PER_WORKER = 2
-    DEEP_MIN = 8
     ALL = 1 << 30  # no bound on the tasks ahead: a deep queue
 
     def __init__(self) -> None:
@@ -87,7 +109,7 @@ class Slots:
 
     def deep_queue(self) -> int:
         """The queue length from which the queue counts as deep."""
-        return max(self.DEEP_MIN, self.DEEP_PER_WORKER * len(self.workers))
+        return max(tuning.DEEP_MIN, tuning.DEEP_PER_WORKER * len(self.workers))
 
     def ahead_now(self, queued: int, queued_alone: int) -> int:
         """The bound on tasks ahead for a queue of ``queued`` tasks, of which
@@ -107,9 +129,6 @@ class Slots:
 
     def __len__(self) -> int:
         return len(self.workers)
-
-    def __contains__(self, wid: bytes) -> bool:
-        return wid in self.workers
 
     def get(self, wid: bytes) -> WorkerSlots | None:
         return self.workers.get(wid)
@@ -154,3 +173,90 @@ class Slots:
             if slots.free(self._ahead) > 0:
                 return wid
         return None
+
+
+class Assignment(NamedTuple):
+    """Tasks for one worker, as one TASK message carries them."""
+
+    worker: bytes
+    entries: list   # (btid, flags, payload frames) per task, in queue order
+    reply_to: list  # per task: its submitter's tid if DIRECT, else -1
+
+
+def assign(table: TaskTable, workers: Slots) -> Iterator[Assignment]:
+    """Hand queued tasks to workers with free slots: the dispatch policy.
+
+    Yields one ``Assignment`` per worker served, in the order the ready line
+    serves them (round robin); ``list(assign(...))`` is a whole pass. It
+    yields lazily so the broker sends each batch as soon as it is decided,
+    as it did when this was inline; a pass left unfinished leaves the table
+    and the slots consistent (the tasks not yet yielded stay queued).
+
+    It sends nothing. It records what it decides, and only that, as it goes
+    (a worker that comes back in the same pass is judged by what it was
+    just given):
+
+    - ``table``: tasks handed out leave the queue (``queue``, ``queued``,
+      ``queued_alone``, ``Task.queued``) and get ``Task.worker``; a task
+      that must wait (alone, or stalled) goes back to the front of the
+      queue; entries of dropped tasks met on the way are discarded;
+    - ``workers``: each task handed out joins its worker's
+      ``WorkerSlots.running``; workers leave the ready line and rejoin it
+      while they have free slots (``take``, ``changed``); ``ahead`` is set
+      from the queue (``ahead_now``).
+    """
+    queue = table.queue
+    next_queued, enqueue = table.next_queued, table.enqueue
+    # Shares and tasks ahead count from the queue as it stands before any
+    # worker takes its own: the first worker's share does not make the
+    # queue look short to the next, so a map's chunks are split evenly.
+    # A worker that comes back for more in the same pass is bounded by
+    # the queue as it is then: the end of a queue does not pile up ahead
+    # at one worker.
+    workers.ahead = workers.ahead_now(table.queued, table.queued_alone)
+    even_share = workers.share(table.queued)
+    served = set()
+    while queue:
+        wid = workers.take()
+        if wid is None:
+            return
+        slots = workers.workers[wid]
+        if wid in served:
+            workers.ahead = workers.ahead_now(table.queued, table.queued_alone)
+            if workers.free(slots) <= 0:
+                workers.changed(wid)  # stays out of line
+                continue
+        served.add(wid)
+        share = min(workers.free(slots), even_share)
+        running = slots.running
+        entries: list = []
+        reply_to: list = []
+        stalled = False
+        while len(entries) < share:
+            task = next_queued()
+            if task is None:
+                break
+            flags = task.flags
+            # A task that lost a worker travels alone, and so does one that
+            # must not run twice, into a slot of its own (see the module's
+            # text).
+            once = flags & _NO_RETRY
+            alone = task.attempts or once
+            if alone and entries:
+                enqueue(task.btid, front=True)
+                break
+            if once and slots.free(0) <= 0:
+                enqueue(task.btid, front=True)
+                stalled = True  # until a worker has a slot of its own
+                break
+            task.worker = wid
+            running.add(task.btid)
+            entries.append((task.btid, flags, task.payload))
+            reply_to.append(task.tid if flags & _DIRECT else -1)
+            if alone:
+                break
+        workers.changed(wid)
+        if entries:
+            yield Assignment(wid, entries, reply_to)
+        if stalled:
+            return
