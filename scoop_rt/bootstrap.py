@@ -10,7 +10,7 @@ default are spelled there and nowhere else.
     document    written by                      read by
     ----------  ------------------------------  ---------------------------------
     BrokerBoot  launcher/run.py, _broker_boot   broker/broker.py: main, Broker
-    ClientBoot  launcher/run.py, _client_boot;  origin.py: main, OriginClient;
+    ClientBoot  launcher/run.py, _client_boot;  origin.py: main, make_client;
                 launcher/agent.py passes on     worker.py: main, load_script;
                 each of an AgentBoot's          client.py: Client;
                                                 bootstrap.py: publish

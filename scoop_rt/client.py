@@ -57,8 +57,10 @@ class Client:
                                self.name, self.ticker)
         self.outbox = self.conn.outbox
         self.holder = Holder(self._send_held, self._run_held, self.ticker)
-        self.ticker.add(self.outbox.job)
+        # The held task's job first: the SUBMIT it may queue is then sent, or
+        # timed, by the outbox's job in the same round.
         self.ticker.add(self.holder.job)
+        self.ticker.add(self.outbox.job)
         self.constants = Constants(self.conn)
         self.set_const = self.constants.set_const
         self.has_const = self.constants.has_const
@@ -66,6 +68,7 @@ class Client:
         self.chunk_flags = Flags.CHUNK  # a map's chunks, as submitted here
         self.check_may_submit: Callable[[], None] = lambda: None  # the role's rule
         self.script_error: str | None = None  # why a worker lacks the script
+        self.closing: list[Callable[[], None]] = []  # the role's, run by close()
         self.depth = 0  # tasks running here, one inside another
         self.welcomed = False
         self.closed = False
@@ -104,6 +107,8 @@ class Client:
         self.closed = True
         if self.heartbeat.is_alive():
             self.heartbeat.stop()
+        for close in self.closing:
+            close()
         self.conn.close()
         self.ctx.term()
 

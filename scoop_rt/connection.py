@@ -13,7 +13,8 @@ plain functions (``before_block``, ``on_wait``, ``run_queued``): a worker
 about to wait runs its held child instead, tells the broker it waits, and
 runs tasks that came in while it waits; the origin sends what it holds.
 
-Sockets: ``sock`` (HELLO, and every message the broker sends this client),
+Sockets: ``sock`` (HELLO, and every message the broker sends this client
+but those for the heartbeat's own socket: NOTICE, and SHUTDOWN once more),
 read by the driving thread only; ``tx`` (everything else this client sends),
 written under the outbox's lock by any thread. A ZeroMQ socket must never be
 used by two threads at once.
@@ -26,7 +27,9 @@ Lock order (a thread that holds one lock may take only those below it):
     outbox lock         outbox.Outbox: batches, and every send on ``tx``
     futures condition   every Future's (shared): settling, waiters
 
-``read_more`` (a condition) is taken with none of these held.
+``read_more`` (a condition) is taken last: nothing is taken while it is
+held (a nested wait, inside a task that runs under the drive lock,
+notifies it with the drive lock held).
 """
 
 from __future__ import annotations

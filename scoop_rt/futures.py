@@ -144,8 +144,8 @@ class _Feeder:
         """Submit chunks until ``inflight`` holds a window's worth.
 
         Chunks of an input of known length leave together, in one message
-        unless they are slow to pickle (``Client.submit_chunks``; a map of
-        one chunk may run here instead, see ``Client.may_hold``); a
+        unless they are slow to pickle (``chunks.submit_chunks``; a map of
+        one chunk may run here instead, see ``origin.make_client``); a
         generator's leave one by one as they are read, since it may be slow
         to yield. If a chunk cannot be pickled, those that left before it
         run all the same."""

@@ -6,9 +6,10 @@ it never idles waiting for the broker's round trip; once a task runs longer
 than ``tuning.PREFETCH_STOP_ABOVE`` it asks for none, so no queued task
 waits behind a long one while another worker is free.
 
-``Prefetch`` sees durations and answers the credit to tell the broker
-(CREDIT), or None when the broker's is close enough. It sends nothing and
-keeps no time of its own: the worker times its tasks and tells the answer.
+``Prefetch`` sees durations and answers the credit worth telling the
+broker (CREDIT), or None when the broker's is close enough; ``tell``
+records what was told. It sends nothing and keeps no time of its own: the
+worker times its tasks and sends the answer.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ class Prefetch:
         self._took = 0.0  # recent task durations, smoothed
 
     def observe(self, took: float) -> int | None:
-        """A task took ``took`` seconds: the credit to tell now, or None."""
+        """A task took ``took`` seconds: the credit worth telling now, or
+        None. Only the thread that runs tasks calls it."""
         long = tuning.PREFETCH_STOP_ABOVE
         weight = tuning.PREFETCH_SMOOTHING
         self._took = took if took > long else (1 - weight) * self._took + weight * took
@@ -32,20 +34,20 @@ class Prefetch:
         else:
             wanted = min(self.most, _power_of_two(tuning.PREFETCH_COVER / max(self._took, 1e-6)))
         told = self.told
+        if wanted == told:
+            return None
         if wanted and told and max(wanted, told) < tuning.PREFETCH_HYSTERESIS * min(wanted, told):
             return None  # twice or half as many ahead is not worth a message
-        return self._tell(wanted)
-
-    def withdraw(self) -> int | None:
-        """The running task has run long: ask for none ahead (or None if
-        none is asked for already)."""
-        return self._tell(0)
-
-    def _tell(self, wanted: int) -> int | None:
-        if wanted == self.told:
-            return None
-        self.told = wanted
         return wanted
+
+    def tell(self, credit: int) -> bool:
+        """Record ``credit`` as told; False if it was the one told already
+        (then there is nothing to send). A running task that turns long
+        tells 0 (from another thread: the caller holds a lock)."""
+        if credit == self.told:
+            return False
+        self.told = credit
+        return True
 
 
 def _power_of_two(x: float) -> int:

@@ -42,7 +42,11 @@ class Ticker:
             self.nudge()  # (the thread itself runs the jobs before it sleeps)
 
     def run(self, now: float) -> float | None:
-        """Run every job; seconds until the next is due, or None."""
+        """Run every job, in the order they were added; seconds until the
+        next is due, or None. A job that makes work for a later one (the
+        held task's SUBMIT, for the outbox) comes first: ``wake_by`` from
+        this thread does nothing, since it assumes the jobs run before it
+        sleeps."""
         soonest = None
         for job in self._jobs:
             due = job(now)

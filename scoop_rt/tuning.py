@@ -1,7 +1,11 @@
-"""Every timing and size constant of the runtime, with what it trades.
+"""The runtime's timing and size constants that trade one behaviour for
+another, each with a line on what it trades.
 
 These are fixed by design, not settings a user changes (those are in
-``config.Config``, which travels to every process of a run). They live in
+``config.Config``, which travels to every process of a run). Sizes that
+belong to a data format stay with it (``serialization.OUT_OF_BAND_MIN``,
+``shm.SHM_MIN`` and ``shm.REFERENCE_MAX``), and so do the short waits of
+shutting down (joins, lingers), next to the step they bound. They live in
 one module so that a change is made, reviewed and measured in one place, and
 so that docs name a constant instead of repeating its value. Code reads
 them as ``tuning.NAME`` at the moment it uses them.

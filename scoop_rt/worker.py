@@ -98,6 +98,7 @@ class Serving:
         endpoint = self.outcomes_endpoint
         if self._outcomes is None and endpoint and max(replies, default=-1) >= 0:
             self._outcomes = transport.OutcomesOutbox(endpoint, self.client.keys)
+            self.client.closing.append(self._outcomes.close)
         self.inbox.extend(
             (tid, flags, frames, reply_to) for (tid, flags, frames), reply_to
             in zip(protocol.split_batch(msg), replies))
@@ -124,7 +125,9 @@ class Serving:
             self._running_since = outer
         # A new prefetch is told first: the outcome follows right behind it,
         # and the two cost one wake-up of the socket's thread, not two.
-        self._tell(self.prefetch.observe, time.monotonic() - started)
+        credit = self.prefetch.observe(time.monotonic() - started)
+        if credit is not None:
+            self._tell(credit)
         # The last outcome of a batch goes at once, with those before it; so
         # do a map's chunk (its values are awaited in order, and are many)
         # and outcomes that have waited RESULT_WAIT for company. A DIRECT
@@ -142,11 +145,10 @@ class Serving:
             outbox.flush()
         return True
 
-    def _tell(self, rule, *args) -> None:
-        """Tell the broker the credit ``rule(*args)`` answers, if any."""
+    def _tell(self, credit: int) -> None:
+        """Tell the broker how many tasks to send ahead, unless told."""
         with self._prefetch_lock:
-            credit = rule(*args)
-            if credit is not None:
+            if self.prefetch.tell(credit):
                 self.client.send(Msg.CREDIT, credit)
 
     def _has_ahead(self) -> bool:
@@ -177,7 +179,7 @@ class Serving:
         left = self._running_long(now)
         if left is None or left > 0:
             return left
-        self._tell(self.prefetch.withdraw)
+        self._tell(0)
         waiting = []
         while True:
             try:

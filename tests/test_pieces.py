@@ -98,30 +98,38 @@ def test_the_tickers_job_sends_a_batch_once_it_has_waited_batch_delay():
     assert sent.batches() == [(Msg.SUBMIT, [1])]
 
 
+def observe(rule, took):
+    """What a worker does with a task's duration: the credit it sends, or None."""
+    credit = rule.observe(took)
+    return credit if credit is not None and rule.tell(credit) else None
+
+
 def test_prefetch_covers_short_tasks_and_stops_for_long_ones():
     rule = Prefetch(most=32)
     # Tasks of 0.1 ms, smoothed from nothing: at first they look shorter,
     # and the most (32) is asked for; then 2 ms (PREFETCH_COVER) is 20 such
     # tasks, 16 as a power of two, within a factor of 4 of 32: no message.
-    told = [rule.observe(0.0001) for _ in range(30)]
+    told = [observe(rule, 0.0001) for _ in range(30)]
     assert [t for t in told if t is not None] == [32] and rule.told == 32
     # Tasks of 1 ms: as the smoothed duration nears it, 4 ahead is the
     # first far enough from 32 to be told; 2 then is near 4.
-    told = [rule.observe(0.001) for _ in range(30)]
+    told = [observe(rule, 0.001) for _ in range(30)]
     assert [t for t in told if t is not None] == [4]
     # One long task: none ahead at once.
-    assert rule.observe(tuning.PREFETCH_STOP_ABOVE * 2) == 0
-    assert rule.withdraw() is None  # none asked for already
+    assert observe(rule, tuning.PREFETCH_STOP_ABOVE * 2) == 0
+    assert not rule.tell(0)  # none asked for already: nothing to send
     # Never more than Config.prefetch; 0 turns it off.
-    assert max(filter(None, (Prefetch(4).observe(1e-7) for _ in range(5)))) == 4
-    assert all(Prefetch(0).observe(1e-7) is None for _ in range(5))
+    assert max(filter(None, (observe(Prefetch(4), 1e-7) for _ in range(5)))) == 4
+    assert all(observe(Prefetch(0), 1e-7) is None for _ in range(5))
 
 
-def test_prefetch_withdraw_tells_zero_once():
+def test_a_long_task_tells_zero_once():
     rule = Prefetch(most=32)
-    assert rule.observe(0.0001)
-    assert rule.withdraw() == 0
-    assert rule.withdraw() is None
+    assert observe(rule, 0.0001)
+    assert rule.tell(0) and rule.told == 0
+    assert not rule.tell(0)
+    # Observing reads what was told: the next short task asks again.
+    assert observe(rule, 0.0001) == 32
 
 
 def test_the_ticker_runs_every_job_and_answers_the_soonest():
@@ -140,6 +148,23 @@ def test_the_ticker_runs_every_job_and_answers_the_soonest():
     ticker.wake_by(20.0)  # it wakes before then anyway
     ticker.wake_by(5.0)
     assert nudged == [1]
+
+
+def test_a_held_task_sent_by_the_ticker_leaves_within_batch_delay(monkeypatch):
+    """The held task's job runs before the outbox's: the SUBMIT it queues
+    is timed in the same round, not left to the next tick."""
+    monkeypatch.setattr(tuning, "TICK", 10.0)  # no ticking to hide it
+    monkeypatch.setattr(tuning, "HOLD_LIMIT", 0.0)  # held long enough at once
+    ticker, sent = Ticker(), Sent()
+    box = Outbox(sent, ticker)
+    holder = Holder(lambda held: box.queue(Msg.SUBMIT, (held.future._tid, 0, held.frames)),
+                    lambda held: None, ticker, may_hold=lambda chunk: True)
+    ticker.add(holder.job)
+    ticker.add(box.job)
+    holder.hold(FakeFuture(1), [b"1"], Flags.NONE)
+    due = ticker.run(time.monotonic())
+    assert holder.held is None and box.since is not None and not sent
+    assert due is not None and due <= 2 * tuning.BATCH_DELAY  # not TICK
 
 
 class FakeFuture:

@@ -13,7 +13,8 @@ as it stands when the broker starts handing out (a worker that comes back
 for more in the same pass is bounded by the queue as it is then):
 
 - a deep queue: as many as each worker asked for, an even share of the
-  queue at a time. A map's first window (4 chunks a worker, sent in one message) is
+  queue at a time. A map's first window (``tuning.MAP_CHUNKS_PER_WORKER``
+  chunks a worker, sent in one message) is
   such a queue from 2 workers on, so each worker gets its share of the map
   at once; the chunks it holds ahead run even if the map stops early;
 - a short queue of nothing but first tries of chunks of maps: one per
@@ -22,7 +23,7 @@ for more in the same pass is bounded by the queue as it is then):
   stops early cancels its chunks, but one already ahead at a worker runs
   anyway). A worker whose prefetch was judged from shorter tasks before may
   take chunks ahead that turn out to wait behind a long one: once its task
-  has run past 10 ms, it withdraws its prefetch while the task still runs,
+  has run past ``tuning.PREFETCH_STOP_ABOVE``, it withdraws its prefetch while the task still runs,
   so no chunk that comes later goes ahead behind it, and gives back those it
   holds but has not started, for whoever is free. A chunk that lost its
   worker goes alone into a slot of its own, like any retried task;

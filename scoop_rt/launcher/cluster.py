@@ -76,7 +76,8 @@ def contact(names: Sequence[str], options: SSHOptions | None, script: str) -> Co
     result = Contacted()
     if not names:
         return result
-    assert options is not None, "remote hosts need SSH options"
+    if options is None:
+        raise ValueError("remote hosts need SSH options")
     from .ssh import HostFailure, load_config
     config = load_config()
     with cf.ThreadPoolExecutor(max_workers=min(32, len(names))) as pool:
