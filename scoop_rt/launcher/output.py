@@ -18,13 +18,18 @@ _CHUNK = 65536
 
 class PipeSource:
     """A local process's pipe. ``end_line``: end a last line that has no
-    newline with one (for workers, whose lines must not run into others)."""
+    newline with one (for workers, whose lines must not run into others).
+    ``after_others``: of what is ready at once, read this last (the
+    origin's: a task prints before its result reaches the origin, so the
+    script's later lines must not overtake what its tasks printed)."""
 
-    def __init__(self, pipe: BinaryIO, target: BinaryIO, end_line: bool = True):
+    def __init__(self, pipe: BinaryIO, target: BinaryIO, end_line: bool = True,
+                 after_others: bool = False):
         self.pipe = pipe
         self.target = target
         self.targets = [target]
         self.end_line = end_line
+        self.after_others = after_others
 
     def fileno(self) -> int:
         return self.pipe.fileno()
@@ -80,8 +85,9 @@ class Forwarder(threading.Thread):
             self._selector.register(source, selectors.EVENT_READ, source)
         self._wake()
 
-    def add_pipe(self, pipe: BinaryIO, target: BinaryIO, end_line: bool = True) -> None:
-        self.add(PipeSource(pipe, target, end_line))
+    def add_pipe(self, pipe: BinaryIO, target: BinaryIO, end_line: bool = True,
+                 after_others: bool = False) -> None:
+        self.add(PipeSource(pipe, target, end_line, after_others))
 
     def close(self, timeout: float) -> None:
         """Stop once every source is finished, or after ``timeout``."""
@@ -102,7 +108,9 @@ class Forwarder(threading.Thread):
                 sources = len(self._selector.get_map()) - 1
             if self._closing and sources == 0:
                 break
-            for key, _ in self._selector.select(timeout=0.5):
+            ready = self._selector.select(timeout=0.5)
+            ready.sort(key=_read_last)
+            for key, _ in ready:
                 if key.data is None:
                     os.read(self._wake_r, 4096)
                 else:
@@ -129,6 +137,10 @@ class Forwarder(threading.Thread):
                 rest = self._partial.pop(key)
                 target = next(t for t in source.targets if id(t) == key[1])
                 _emit(target, rest + b"\n" if source.end_line else rest)
+
+
+def _read_last(event: tuple) -> bool:
+    return bool(getattr(event[0].data, "after_others", False))
 
 
 def _emit(target: BinaryIO, data: bytes) -> None:

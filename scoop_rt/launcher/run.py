@@ -90,7 +90,7 @@ class Run:
         for pipe, target in ((self.origin.stdout, output.stdout()),
                              (self.origin.stderr, output.stderr())):
             if pipe is not None:
-                self.forwarder.add_pipe(pipe, target, end_line=False)  # type: ignore[arg-type]
+                self.forwarder.add_pipe(pipe, target, end_line=False, after_others=True)  # type: ignore[arg-type]
         try:
             self.broker = self.spawner.start_broker(
                 "scoop_rt.broker", pass_fds=(listener.fd,) if listener else ())
