@@ -14,6 +14,7 @@ import itertools
 import math
 import operator
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
@@ -184,14 +185,35 @@ def _left(end: float | None) -> float | None:
 
 
 def _deadline(timeout: float | None) -> float | None:
+    timeout = _no_limit(timeout)
     return None if timeout is None else time.monotonic() + timeout
 
 
+def _no_limit(timeout: float | None) -> float | None:
+    """A negative timeout is no limit, as SCOOP documents (``timeout=-1``)."""
+    return None if timeout is not None and timeout < 0 else timeout
+
+
+_ignored_warned: set = set()
+
+
+def _ignore(call: str, ignored: dict) -> None:
+    """SCOOP's maps accepted keyword arguments and ignored them (its examples
+    pass ``parallelLevel``): so do these, saying so once per name."""
+    for name in ignored:
+        if name not in _ignored_warned:
+            _ignored_warned.add(name)
+            warnings.warn(f"futures.{call}() ignores the keyword argument {name!r}, "
+                          "as SCOOP did", stacklevel=3)
+
+
 def map(fn: Callable, *iterables: Iterable, timeout: float | None = None,
-        chunksize: int | None = None) -> Iterator:
+        chunksize: int | None = None, **ignored: Any) -> Iterator:
     """``fn`` over the items of ``iterables`` on the workers; an iterator of
     the results in input order. Work starts now; an exception is raised at
-    its item; ``timeout`` counts from this call."""
+    its item; ``timeout`` counts from this call (negative: no limit). Other
+    keyword arguments are ignored, with a warning, as SCOOP's map did."""
+    _ignore("map", ignored)
     feeder = _Feeder(fn, iterables, chunksize)
     end = _deadline(timeout)
     inflight: deque = deque()
@@ -220,8 +242,9 @@ def _ordered(feeder: _Feeder, inflight: deque, end: float | None) -> Iterator:
 
 def map_as_completed(fn: Callable, *iterables: Iterable,
                      timeout: float | None = None,
-                     chunksize: int | None = None) -> Iterator:
+                     chunksize: int | None = None, **ignored: Any) -> Iterator:
     """Like ``map``, but yields each result as soon as it is ready."""
+    _ignore("map_as_completed", ignored)
     feeder = _Feeder(fn, iterables, chunksize)
     end = _deadline(timeout)
     inflight: set = set()
@@ -249,13 +272,15 @@ def _unordered(feeder: _Feeder, inflight: set, end: float | None) -> Iterator:
 
 def wait(fs: Iterable[cf.Future], timeout: float | None = None,
          return_when: str = ALL_COMPLETED) -> tuple[set, set]:
-    """Wait for the futures ``fs``; ``(done, not_done)`` as in PEP 3148."""
-    return _future.wait(_runtime.client(), fs, timeout, return_when)
+    """Wait for the futures ``fs``; ``(done, not_done)`` as in PEP 3148. A
+    negative ``timeout`` is no limit, as in SCOOP."""
+    return _future.wait(_runtime.client(), fs, _no_limit(timeout), return_when)
 
 
 def as_completed(fs: Iterable[cf.Future], timeout: float | None = None) -> Iterator:
-    """Yield the futures ``fs`` as they complete; TimeoutError after ``timeout``."""
-    return _future.as_completed(_runtime.client(), fs, timeout)
+    """Yield the futures ``fs`` as they complete; TimeoutError after
+    ``timeout`` (negative: no limit, as in SCOOP)."""
+    return _future.as_completed(_runtime.client(), fs, _no_limit(timeout))
 
 
 def shutdown(wait: bool = True) -> None:
@@ -268,15 +293,19 @@ def shutdown(wait: bool = True) -> None:
         rt.block_until(lambda: not rt.pending(), None)
 
 
-def mapReduce(mapFunc: Callable, reductionOp: Callable, *iterables: Iterable) -> Any:
+def mapReduce(mapFunc: Callable, reductionOp: Callable, *iterables: Iterable,
+              **ignored: Any) -> Any:
     """``functools.reduce(reductionOp, map(mapFunc, *iterables))``, the map on
     the workers and the reduction as results arrive, in order."""
+    _ignore("mapReduce", ignored)
     return functools.reduce(reductionOp, map(mapFunc, *iterables))
 
 
-def mapScan(mapFunc: Callable, reductionOp: Callable, *iterables: Iterable) -> list:
+def mapScan(mapFunc: Callable, reductionOp: Callable, *iterables: Iterable,
+            **ignored: Any) -> list:
     """Every intermediate value of ``mapReduce``: the list of
     ``itertools.accumulate(map(mapFunc, *iterables), reductionOp)``."""
+    _ignore("mapScan", ignored)
     return list(itertools.accumulate(map(mapFunc, *iterables), reductionOp))
 
 

@@ -11,7 +11,7 @@ import operator
 
 import pytest
 
-from support import explain, run_scoop
+from support import explain, run_python, run_scoop
 
 
 def report_of(proc):
@@ -473,3 +473,49 @@ def test_map_reduce_and_map_scan_equal_serial(tmp_path):
         }
         assert out[name] == expected, name
     assert out["two_iterables"] == [8 + 9 + 4, [8, 17, 21]]
+
+
+SCOOP_CALLS = """
+import json, time
+from scoop_rt import futures
+
+
+def slow_square(x):
+    time.sleep(0.05 * x)
+    return x * x
+
+
+if __name__ == "__main__":
+    out = {}
+    # SCOOP's examples pass keyword arguments that its maps ignored.
+    out["map"] = list(futures.map(abs, [-1, -2, -3], parallelLevel=2))
+    out["map_again"] = list(futures.map(abs, [-4], parallelLevel=3))
+    out["unordered"] = sorted(futures.map_as_completed(abs, [-5, -6], parallelLevel=2))
+    out["reduce"] = futures.mapReduce(abs, max, [-7, 8], parallelLevel=2)
+    # SCOOP documents a timeout of -1 as no limit: these tasks take 0.1 to 0.2 s.
+    fs = [futures.submit(slow_square, x) for x in (2, 3, 4)]
+    done, not_done = futures.wait(fs, timeout=-1)
+    out["wait"] = [len(done), len(not_done)]
+    fs = [futures.submit(slow_square, x) for x in (2, 3, 4)]
+    out["as_completed"] = sorted(f.result() for f in futures.as_completed(fs, timeout=-1))
+    out["map_timeout"] = list(futures.map(slow_square, [2, 3], timeout=-1))
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("runner", ["launched", "sequential"])
+def test_scoop_calls_run_unchanged(tmp_path, runner):
+    """Keyword arguments SCOOP's maps ignored are ignored here too, with one
+    warning per name; a negative timeout is no limit, as SCOOP documents."""
+    if runner == "launched":
+        proc = run_scoop(tmp_path, SCOOP_CALLS)
+    else:
+        proc = run_python(tmp_path, SCOOP_CALLS)
+    assert proc.returncode == 0, explain(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"map": [1, 2, 3], "map_again": [4], "unordered": [5, 6],
+                   "reduce": 8, "wait": [3, 0], "as_completed": [4, 9, 16],
+                   "map_timeout": [4, 9]}, explain(proc)
+    warned = [line for line in proc.stderr.splitlines() if "ignores the keyword" in line]
+    assert len(warned) == 1 and "'parallelLevel'" in warned[0], explain(proc)
+    assert "futures.map()" in warned[0] and "script.py" in proc.stderr, explain(proc)
