@@ -245,3 +245,30 @@ def test_runtime_logs_only_on_stderr(tmp_path):
     # -q: errors only, and a clean run has none.
     assert quiet.stderr == "", quiet.stderr
 
+
+
+HOST_NAMES = """
+import json
+from scoop_rt import futures
+
+
+def where(x):
+    import scoop_rt
+    return scoop_rt.SIZE
+
+
+if __name__ == "__main__":
+    print(json.dumps(sorted(set(futures.map(where, range(8))))))
+"""
+
+
+def test_scoops_host_option_is_hosts(tmp_path):
+    """SCOOP spells it ``--host``: the same option as ``--hosts``, in both of
+    its forms, and not an ambiguous abbreviation of --hosts/--hostfile."""
+    script = write_script(tmp_path, HOST_NAMES, "script.py", False)
+    for hosts in (["--host", "localhost", "localhost", "localhost", "--"],
+                  ["--host", "localhost,localhost,localhost"]):
+        argv = [sys.executable, "-m", "scoop_rt", *hosts, str(script)]
+        proc = run_argv(argv, tmp_path, 60)
+        assert proc.returncode == 0, explain(proc)
+        assert json.loads(proc.stdout) == [3], explain(proc)

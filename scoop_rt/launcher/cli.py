@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     hosts.add_argument("--hostfile", metavar="FILE",
                        help="a file of hosts: 'host', 'host N' or 'host slots=N' "
                             "per line")
-    hosts.add_argument("--hosts", nargs="+", metavar="HOST",
+    hosts.add_argument("--hosts", "--host", nargs="+", metavar="HOST",
                        help="hosts, one worker per mention: --hosts a a b -- "
                             "script.py, or --hosts a,a,b script.py")
     hosts.add_argument("--dry-run", action="store_true",
@@ -153,7 +153,11 @@ def _check_script(path: str) -> str:
 
 def _join_hosts(argv: list) -> list:
     """``--hosts a a b -- script.py`` and ``--hosts a,a,b script.py`` both
-    become ``--hosts=a,a,b script.py``, so the script is never taken for a host."""
+    become ``--hosts=a,a,b script.py``, so the script is never taken for a host.
+    SCOOP's spelling ``--host`` is the same option."""
+    if "--host" in argv and "--hosts" not in argv:
+        i = argv.index("--host")
+        argv = [*argv[:i], "--hosts", *argv[i + 1:]]
     if "--hosts" not in argv:
         return argv
     i = argv.index("--hosts")
